@@ -1,0 +1,62 @@
+# tidesync: two commands matter.  `make demo` and `make test`.
+# Everything else here is what those two need on a fresh machine.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+HOST   ?= 127.0.0.1
+PORT   ?= 8765
+DEMO_DB ?= demo.db
+
+.PHONY: setup chromium site demo serve test test-unit test-integration test-pyodide test-e2e lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed chromium
+
+# Debian's Chromium: Playwright's own browser download cannot work on these machines.
+chromium:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  echo "installing Chromium from Debian's packages"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null || \
+	  (sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null; \
+	fi
+
+# The servable site: pinned Pyodide from npm, the tidesync wheel, the JS shim and the demo.
+site: $(VENV)/.installed
+	$(PY) build/build_site.py
+
+demo: setup site
+	$(PY) -m tidesync serve --host $(HOST) --port $(PORT) --db $(DEMO_DB) --site _site --seed-demo
+
+serve: $(VENV)/.installed
+	$(PY) -m tidesync serve --host $(HOST) --port $(PORT) --db $(DEMO_DB)
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check py_src tests bench build
+
+test-unit: $(VENV)/.installed
+	$(PY) -m pytest -q tests/unit
+
+test-integration: $(VENV)/.installed
+	$(PY) -m pytest -q tests/integration
+
+test-pyodide: setup site
+	$(PY) -m pytest -q tests/pyodide
+
+test-e2e: setup site
+	$(PY) -m pytest -q tests/e2e
+
+test: setup site lint
+	$(PY) -m pytest -q tests
+
+bench: setup site
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) _site dist build/node_modules .pytest_cache

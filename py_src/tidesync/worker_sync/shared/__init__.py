@@ -1,0 +1,1 @@
+"""tidesync.worker_sync.shared."""
