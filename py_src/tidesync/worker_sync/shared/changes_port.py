@@ -1,0 +1,88 @@
+"""What the Sync Worker asks of the Changes Worker: the one interface between them.
+
+The Sync Worker owns the socket, the Changes Worker owns the database (one owner
+per resource).  In the browser each call below travels over a MessageChannel as
+a typed command (``tidesync.changes.worker_processor``); natively the Changes
+Worker object is called directly.  Either way the Sync side only ever awaits
+these methods, so its logic is the same in both places.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from tidesync.worker_sync.shared.message_types import ChangeResult, TableChange
+
+__all__ = ["ApplyOutcome", "ChangesPort", "LocalState"]
+
+
+@dataclass(frozen=True)
+class LocalState:
+    """What the Sync Worker needs to (re)connect."""
+
+    client_id: str
+    lsn: int
+    pending_count: int  # local changes not yet acknowledged by the server
+    initialized: bool  # an initial sync has committed at least once
+
+
+@dataclass(frozen=True)
+class ApplyOutcome:
+    """What applying server data did; ``tables`` feeds live queries and status."""
+
+    lsn: int
+    applied: int = 0
+    skipped: int = 0
+    failed: int = 0
+    tables: tuple[str, ...] = ()
+
+
+class ChangesPort(Protocol):
+    """Every method commits (or rolls back) before it returns."""
+
+    async def local_state(self) -> LocalState: ...
+
+    async def observe_server_time(self, millis: int) -> None:
+        """Feed the hybrid logical clock with a server timestamp."""
+
+    async def begin_initial_sync(self, server_lsn: int) -> None:
+        """Start staging a snapshot; nothing staged is visible until commit."""
+
+    async def stage_initial_chunk(self, table: str, changes: Sequence[TableChange]) -> None: ...
+
+    async def commit_initial_sync(self, server_lsn: int) -> ApplyOutcome:
+        """Replace synced data with the snapshot and set the LSN, in one transaction.
+
+        Rows with unsent local changes keep their local state.
+        """
+
+    async def abort_initial_sync(self) -> None:
+        """Drop whatever was staged (disconnect mid-snapshot)."""
+
+    async def apply_server_changes(
+        self, changes: Sequence[TableChange], last_lsn: int, *, source: str
+    ) -> ApplyOutcome:
+        """Apply a catchup/live batch and ``last_lsn`` in one transaction.
+
+        Follows PROTOCOL.md's client convergence rules (a server change loses to
+        a pending local change that wins last-write-wins).  A failing batch is
+        rolled back, recorded and retried with backoff; changes that can never
+        apply end up ``failed`` and the LSN moves past them, so this returns.
+        """
+
+    async def advance_lsn(self, lsn: int) -> None:
+        """``srv_lsn_update``: only our own changes were committed up to ``lsn``."""
+
+    async def unsynced_changes(self, limit: int) -> list[TableChange]:
+        """Local changes to send, oldest first (each with its id and updated_at)."""
+
+    async def mark_sent(self, change_ids: Sequence[str]) -> None:
+        """Count an attempt for each change (``attempts``)."""
+
+    async def record_results(self, results: Sequence[ChangeResult]) -> ApplyOutcome:
+        """Apply ``srv_changes_applied`` results to ``local_changes`` and the rows."""
+
+    async def reset_for_reinit(self) -> None:
+        """``lsn_ahead``: keep unsent local changes, clear synced data, LSN to 0/0."""

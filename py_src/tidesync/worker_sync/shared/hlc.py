@@ -1,0 +1,105 @@
+"""Timestamps for last-write-wins, and the client's hybrid logical clock.
+
+PROTOCOL.md "Convergence rules": ``updated_at`` comes from a clock that never runs
+backwards and never falls behind the newest server time the client has seen, so a
+client with a slow clock does not lose every conflict and two changes of one
+client never share a time.  The wire form is ISO 8601 UTC with milliseconds; the
+logical part of the clock is folded into the milliseconds (a tick that would not
+move forward takes ``last + 1 ms``), which keeps the wire format plain ISO.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+__all__ = [
+    "HybridLogicalClock",
+    "TimestampError",
+    "format_timestamp",
+    "lww_key",
+    "normalize_timestamp",
+    "parse_timestamp",
+]
+
+_ISO_RE = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:?\d{2})?$"
+)
+
+
+class TimestampError(ValueError):
+    """Raised for text that is not an ISO 8601 timestamp."""
+
+
+def parse_timestamp(text: object) -> int:
+    """Milliseconds since the epoch for an ISO 8601 timestamp (naive means UTC)."""
+    if not isinstance(text, str):
+        raise TimestampError(f"timestamp must be an ISO 8601 string, got {type(text).__name__}")
+    match = _ISO_RE.match(text)
+    if match is None:
+        raise TimestampError(f"not an ISO 8601 timestamp: {text[:40]!r}")
+    year, month, day, hour, minute, second, frac, zone = match.groups()
+    try:
+        moment = datetime(
+            int(year), int(month), int(day), int(hour), int(minute), int(second), tzinfo=UTC
+        )
+    except ValueError as exc:
+        raise TimestampError(f"not a valid date/time: {text[:40]!r}") from exc
+    millis = int((frac or "0").ljust(3, "0")[:3])
+    offset_minutes = 0
+    if zone and zone != "Z":
+        sign = -1 if zone[0] == "-" else 1
+        digits = zone[1:].replace(":", "")
+        offset_minutes = sign * (int(digits[:2]) * 60 + int(digits[2:]))
+    return int(moment.timestamp()) * 1000 + millis - offset_minutes * 60_000
+
+
+def format_timestamp(millis: int) -> str:
+    """Canonical wire form: ``2026-11-25T10:00:00.123Z``."""
+    moment = datetime.fromtimestamp(millis // 1000, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{millis % 1000:03d}Z"
+
+
+def normalize_timestamp(text: object) -> str:
+    """Parse and re-format, so stored times compare correctly as text too."""
+    return format_timestamp(parse_timestamp(text))
+
+
+def lww_key(updated_at: str, client_id: str | None) -> tuple[int, str]:
+    """The total order of last-write-wins: newer time first, then larger clientId.
+
+    A change with no known author (written on the server by another program)
+    sorts below every client at the same millisecond.
+    """
+    return (parse_timestamp(updated_at), client_id or "")
+
+
+def _wall_clock_ms() -> int:
+    return int(datetime.now(tz=UTC).timestamp() * 1000)
+
+
+@dataclass
+class HybridLogicalClock:
+    """Monotonic millisecond clock that also follows times observed from the server.
+
+    ``now_ms`` is injected so tests (and the simulator) drive it; ``last`` is
+    persisted by the Changes Worker so a restart never re-issues a time.
+    """
+
+    now_ms: Callable[[], int] = field(default=_wall_clock_ms)
+    last: int = 0
+
+    def tick(self) -> int:
+        """A fresh time, strictly after every time this clock issued or observed."""
+        self.last = max(self.now_ms(), self.last + 1)
+        return self.last
+
+    def tick_iso(self) -> str:
+        return format_timestamp(self.tick())
+
+    def observe(self, remote_ms: int) -> None:
+        """Never fall behind a time seen from the server (message or change)."""
+        if remote_ms > self.last:
+            self.last = remote_ms

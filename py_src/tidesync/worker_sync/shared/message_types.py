@@ -1,0 +1,647 @@
+"""Every message of the wire protocol as a frozen dataclass, with one decode/encode path.
+
+PROTOCOL.md is the contract.  ``decode_message`` is the only way text from a
+socket becomes a message and ``encode_message`` the only way back; both sides
+(server, Sync Worker, native client, simulator) use them, so validation lives in
+one place.  A message that cannot be decoded raises ``ProtocolError`` naming the
+offending field, which the server turns into ``srv_error`` and the client into
+``clt_error``.
+
+Extensions to PROTOCOL.md v1 (documented in docs/protocol.md, all optional so
+clients that ignore them keep working):
+
+* ``TableChange.clientId``: the author of a server change (absent for writes
+  made on the server by other programs), needed for the clientId tie-break of
+  last-write-wins on the client.
+* ``ChangeResult.row`` is also sent with ``rejected`` so the client can undo a
+  change the server refused.
+* ``srv_table_checksums`` / ``clt_request_checksums`` for integrity checks.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, field, fields
+from enum import StrEnum
+from typing import Any, ClassVar, TypeVar
+
+from tidesync.worker_sync.shared.hlc import TimestampError, normalize_timestamp
+from tidesync.worker_sync.shared.lsn_manager import LsnError, format_lsn, parse_lsn
+
+__all__ = [
+    "MESSAGE_CLASSES",
+    "ChangeResult",
+    "ChangeStatus",
+    "ChunkSequence",
+    "CltCatchupReceived",
+    "CltChangesApplied",
+    "CltChangesReceived",
+    "CltError",
+    "CltHeartbeat",
+    "CltInitProcessed",
+    "CltInitReceived",
+    "CltRequestChecksums",
+    "CltSendChanges",
+    "ErrorCode",
+    "InitSequence",
+    "JsonValue",
+    "Message",
+    "MessageType",
+    "Operation",
+    "ProtocolError",
+    "SrvCatchupChanges",
+    "SrvCatchupCompleted",
+    "SrvChangesApplied",
+    "SrvChangesReceived",
+    "SrvError",
+    "SrvHeartbeat",
+    "SrvInitChanges",
+    "SrvInitComplete",
+    "SrvInitStart",
+    "SrvLiveChanges",
+    "SrvLsnUpdate",
+    "SrvTableChecksums",
+    "TableChange",
+    "decode_message",
+    "encode_message",
+    "new_message_id",
+]
+
+JsonValue = str | int | float | bool | None
+M = TypeVar("M", bound="Message")
+
+MAX_ID_LENGTH = 128
+MAX_NAME_LENGTH = 128
+
+
+class MessageType(StrEnum):
+    SRV_INIT_START = "srv_init_start"
+    SRV_INIT_CHANGES = "srv_init_changes"
+    SRV_INIT_COMPLETE = "srv_init_complete"
+    SRV_CATCHUP_CHANGES = "srv_catchup_changes"
+    SRV_CATCHUP_COMPLETED = "srv_catchup_completed"
+    SRV_LIVE_CHANGES = "srv_live_changes"
+    SRV_LSN_UPDATE = "srv_lsn_update"
+    SRV_CHANGES_RECEIVED = "srv_changes_received"
+    SRV_CHANGES_APPLIED = "srv_changes_applied"
+    SRV_HEARTBEAT = "srv_heartbeat"
+    SRV_ERROR = "srv_error"
+    SRV_TABLE_CHECKSUMS = "srv_table_checksums"
+    CLT_INIT_RECEIVED = "clt_init_received"
+    CLT_INIT_PROCESSED = "clt_init_processed"
+    CLT_CATCHUP_RECEIVED = "clt_catchup_received"
+    CLT_CHANGES_RECEIVED = "clt_changes_received"
+    CLT_CHANGES_APPLIED = "clt_changes_applied"
+    CLT_SEND_CHANGES = "clt_send_changes"
+    CLT_HEARTBEAT = "clt_heartbeat"
+    CLT_ERROR = "clt_error"
+    CLT_REQUEST_CHECKSUMS = "clt_request_checksums"
+
+
+class Operation(StrEnum):
+    INSERT = "insert"
+    UPDATE = "update"
+    DELETE = "delete"
+
+
+class ChangeStatus(StrEnum):
+    APPLIED = "applied"
+    SKIPPED = "skipped"
+    REJECTED = "rejected"
+
+
+class ErrorCode(StrEnum):
+    INVALID_JSON = "invalid_json"
+    INVALID_MESSAGE = "invalid_message"
+    UNKNOWN_TYPE = "unknown_type"
+    MISSING_FIELD = "missing_field"
+    INVALID_FIELD = "invalid_field"
+    OUT_OF_PHASE = "out_of_phase"
+    LSN_AHEAD = "lsn_ahead"
+    BAD_LSN = "bad_lsn"
+    FRAME_TOO_LARGE = "frame_too_large"
+    RATE_LIMITED = "rate_limited"
+    INTERNAL = "internal"
+
+
+class ProtocolError(Exception):
+    """A message the receiver cannot process; ``field`` names the offending field."""
+
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        field: str | None = None,
+        ref_message_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.field = field
+        self.ref_message_id = ref_message_id
+
+
+def new_message_id() -> str:
+    return str(uuid.uuid4())
+
+
+# --- field codecs ---------------------------------------------------------------------------
+
+Decoder = Callable[[Any, str], Any]
+Encoder = Callable[[Any], Any]
+
+
+def _invalid(path: str, what: str) -> ProtocolError:
+    return ProtocolError(ErrorCode.INVALID_FIELD, f"field '{path}' {what}", field=path)
+
+
+def _dec_str(value: Any, path: str) -> str:
+    if not isinstance(value, str):
+        raise _invalid(path, f"must be a string, got {type(value).__name__}")
+    return value
+
+
+def _dec_id(value: Any, path: str) -> str:
+    text = _dec_str(value, path)
+    if not text or len(text) > MAX_ID_LENGTH:
+        raise _invalid(path, f"must be a non-empty string of at most {MAX_ID_LENGTH} characters")
+    return text
+
+
+def _dec_name(value: Any, path: str) -> str:
+    text = _dec_str(value, path)
+    if not text or len(text) > MAX_NAME_LENGTH:
+        raise _invalid(path, f"must be a non-empty name of at most {MAX_NAME_LENGTH} characters")
+    return text
+
+
+def _dec_int(value: Any, path: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _invalid(path, f"must be an integer, got {type(value).__name__}")
+    return value
+
+
+def _dec_count(value: Any, path: str) -> int:
+    number = _dec_int(value, path)
+    if number < 0:
+        raise _invalid(path, "must not be negative")
+    return number
+
+
+def _dec_bool(value: Any, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise _invalid(path, f"must be true or false, got {type(value).__name__}")
+    return value
+
+
+def _dec_lsn(value: Any, path: str) -> int:
+    try:
+        return parse_lsn(value)
+    except LsnError as exc:
+        raise _invalid(path, str(exc)) from None
+
+
+def _dec_time(value: Any, path: str) -> str:
+    try:
+        return normalize_timestamp(value)
+    except TimestampError as exc:
+        raise _invalid(path, str(exc)) from None
+
+
+def _dec_id_list(value: Any, path: str) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise _invalid(path, "must be a list of ids")
+    return tuple(_dec_id(item, f"{path}[{i}]") for i, item in enumerate(value))
+
+
+def _dec_object(value: Any, path: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _invalid(path, f"must be an object, got {type(value).__name__}")
+    return value
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _wire(
+    name: str,
+    decode: Decoder,
+    encode: Encoder = _identity,
+    *,
+    optional: bool = False,
+    default: Any = MISSING,
+) -> Any:
+    """A dataclass field with its wire name and codec."""
+    meta = {"wire": name, "decode": decode, "encode": encode, "optional": optional}
+    if default is not MISSING:
+        return field(default=default, metadata=meta)
+    if optional:
+        return field(default=None, metadata=meta)
+    return field(metadata=meta)
+
+
+def _decode_fields(cls: type[Any], raw: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for spec in fields(cls):
+        if "wire" not in spec.metadata:
+            continue
+        wire = spec.metadata["wire"]
+        path = f"{prefix}{wire}"
+        if wire not in raw or (raw[wire] is None and spec.metadata["optional"]):
+            if spec.metadata["optional"] or spec.default is not MISSING:
+                continue
+            raise ProtocolError(
+                ErrorCode.MISSING_FIELD, f"missing required field '{path}'", field=path
+            )
+        values[spec.name] = spec.metadata["decode"](raw[wire], path)
+    return values
+
+
+def _encode_fields(obj: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for spec in fields(obj):
+        if "wire" not in spec.metadata:
+            continue
+        value = getattr(obj, spec.name)
+        if value is None and spec.metadata["optional"]:
+            continue
+        out[spec.metadata["wire"]] = spec.metadata["encode"](value)
+    return out
+
+
+# --- nested structures ----------------------------------------------------------------------
+
+
+def _dec_data(value: Any, path: str) -> dict[str, JsonValue]:
+    data = _dec_object(value, path)
+    if not data:
+        raise _invalid(path, "must hold at least the row's primary key")
+    return data
+
+
+@dataclass(frozen=True)
+class TableChange:
+    """One row change (PROTOCOL.md "TableChange").
+
+    ``data`` is kept as received; whether its columns and values fit the schema
+    is decided by whoever applies it (the server answers ``rejected``).
+    """
+
+    id: str = _wire("id", _dec_id)
+    table: str = _wire("table", _dec_name)
+    operation: Operation = _wire("operation", lambda v, p: _dec_enum(Operation, v, p), str)
+    data: dict[str, Any] = _wire("data", _dec_data)
+    updated_at: str = _wire("updated_at", _dec_time)
+    lsn: int | None = _wire("lsn", _dec_lsn, format_lsn, optional=True)
+    client_id: str | None = _wire("clientId", _dec_id, optional=True)
+
+    @classmethod
+    def from_wire(cls, raw: Any, path: str = "change") -> TableChange:
+        return cls(**_decode_fields(cls, _dec_object(raw, path), f"{path}."))
+
+    def to_wire(self) -> dict[str, Any]:
+        return _encode_fields(self)
+
+
+def _dec_enum(enum: type[Any], value: Any, path: str) -> Any:
+    try:
+        return enum(value)
+    except ValueError:
+        allowed = ", ".join(member.value for member in enum)
+        raise _invalid(path, f"must be one of {allowed}; got {str(value)[:40]!r}") from None
+
+
+def _dec_changes(value: Any, path: str) -> tuple[TableChange, ...]:
+    if not isinstance(value, list):
+        raise _invalid(path, "must be a list of changes")
+    return tuple(TableChange.from_wire(item, f"{path}[{i}]") for i, item in enumerate(value))
+
+
+def _enc_changes(changes: tuple[TableChange, ...]) -> list[dict[str, Any]]:
+    return [change.to_wire() for change in changes]
+
+
+@dataclass(frozen=True)
+class InitSequence:
+    table: str = _wire("table", _dec_name)
+    chunk: int = _wire("chunk", _dec_count)
+    total: int = _wire("total", _dec_count)
+
+
+@dataclass(frozen=True)
+class ChunkSequence:
+    chunk: int = _wire("chunk", _dec_count)
+    total: int = _wire("total", _dec_count)
+
+
+@dataclass(frozen=True)
+class ChangeResult:
+    id: str = _wire("id", _dec_id)
+    status: ChangeStatus = _wire("status", lambda v, p: _dec_enum(ChangeStatus, v, p), str)
+    lsn: int | None = _wire("lsn", _dec_lsn, format_lsn, optional=True)
+    reason: str | None = _wire("reason", _dec_str, optional=True)
+    # ``row`` is tri-state on the wire: absent (no information), null (deleted), object.
+    row: dict[str, Any] | None = _wire("row", _dec_object, optional=True)
+    row_deleted: bool = False
+
+
+def _nested(cls: type[Any]) -> tuple[Decoder, Encoder]:
+    def decode(value: Any, path: str) -> Any:
+        return cls(**_decode_fields(cls, _dec_object(value, path), f"{path}."))
+
+    return decode, _encode_fields
+
+
+def _dec_results(value: Any, path: str) -> tuple[ChangeResult, ...]:
+    if not isinstance(value, list):
+        raise _invalid(path, "must be a list of results")
+    results = []
+    for i, item in enumerate(value):
+        item_path = f"{path}[{i}]"
+        raw = _dec_object(item, item_path)
+        result = ChangeResult(**_decode_fields(ChangeResult, raw, f"{item_path}."))
+        if "row" in raw and raw["row"] is None:
+            result = ChangeResult(
+                id=result.id, status=result.status, lsn=result.lsn, reason=result.reason,
+                row=None, row_deleted=True,
+            )
+        results.append(result)
+    return tuple(results)
+
+
+def _enc_results(results: tuple[ChangeResult, ...]) -> list[dict[str, Any]]:
+    out = []
+    for result in results:
+        item = _encode_fields(result)
+        if result.row_deleted:
+            item["row"] = None
+        out.append(item)
+    return out
+
+
+def _dec_checksums(value: Any, path: str) -> dict[str, str]:
+    raw = _dec_object(value, path)
+    return {_dec_name(k, f"{path}.{k}"): _dec_str(v, f"{path}.{k}") for k, v in raw.items()}
+
+
+_INIT_SEQ = _nested(InitSequence)
+_CHUNK_SEQ = _nested(ChunkSequence)
+
+# --- messages -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Message:
+    """Common fields of every message (PROTOCOL.md "Common fields")."""
+
+    TYPE: ClassVar[MessageType]
+    client_id: str = _wire("clientId", _dec_id)
+    message_id: str = _wire("messageId", _dec_id, default="")
+    timestamp: int = _wire("timestamp", _dec_count, default=0)
+
+    @property
+    def type(self) -> MessageType:
+        return self.TYPE
+
+
+@dataclass(frozen=True, kw_only=True)
+class SrvInitStart(Message):
+    TYPE: ClassVar[MessageType] = MessageType.SRV_INIT_START
+    server_lsn: int = _wire("serverLSN", _dec_lsn, format_lsn)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SrvInitChanges(Message):
+    TYPE: ClassVar[MessageType] = MessageType.SRV_INIT_CHANGES
+    changes: tuple[TableChange, ...] = _wire("changes", _dec_changes, _enc_changes)
+    sequence: InitSequence = _wire("sequence", *_INIT_SEQ)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SrvInitComplete(Message):
+    TYPE: ClassVar[MessageType] = MessageType.SRV_INIT_COMPLETE
+    server_lsn: int = _wire("serverLSN", _dec_lsn, format_lsn)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SrvCatchupChanges(Message):
+    TYPE: ClassVar[MessageType] = MessageType.SRV_CATCHUP_CHANGES
+    changes: tuple[TableChange, ...] = _wire("changes", _dec_changes, _enc_changes)
+    last_lsn: int = _wire("lastLSN", _dec_lsn, format_lsn)
+    sequence: ChunkSequence = _wire("sequence", *_CHUNK_SEQ)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SrvCatchupCompleted(Message):
+    TYPE: ClassVar[MessageType] = MessageType.SRV_CATCHUP_COMPLETED
+    start_lsn: int = _wire("startLSN", _dec_lsn, format_lsn)
+    final_lsn: int = _wire("finalLSN", _dec_lsn, format_lsn)
+    change_count: int = _wire("changeCount", _dec_count)
+    success: bool = _wire("success", _dec_bool, default=True)
+    error: str | None = _wire("error", _dec_str, optional=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SrvLiveChanges(Message):
+    TYPE: ClassVar[MessageType] = MessageType.SRV_LIVE_CHANGES
+    changes: tuple[TableChange, ...] = _wire("changes", _dec_changes, _enc_changes)
+    last_lsn: int = _wire("lastLSN", _dec_lsn, format_lsn)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SrvLsnUpdate(Message):
+    TYPE: ClassVar[MessageType] = MessageType.SRV_LSN_UPDATE
+    lsn: int = _wire("lsn", _dec_lsn, format_lsn)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SrvChangesReceived(Message):
+    TYPE: ClassVar[MessageType] = MessageType.SRV_CHANGES_RECEIVED
+    change_ids: tuple[str, ...] = _wire("changeIds", _dec_id_list, list)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SrvChangesApplied(Message):
+    TYPE: ClassVar[MessageType] = MessageType.SRV_CHANGES_APPLIED
+    applied_changes: tuple[str, ...] = _wire("appliedChanges", _dec_id_list, list)
+    success: bool = _wire("success", _dec_bool, default=True)
+    error: str | None = _wire("error", _dec_str, optional=True)
+    results: tuple[ChangeResult, ...] = _wire("results", _dec_results, _enc_results, default=())
+
+
+@dataclass(frozen=True, kw_only=True)
+class SrvHeartbeat(Message):
+    TYPE: ClassVar[MessageType] = MessageType.SRV_HEARTBEAT
+
+
+@dataclass(frozen=True, kw_only=True)
+class SrvError(Message):
+    TYPE: ClassVar[MessageType] = MessageType.SRV_ERROR
+    code: str = _wire("code", _dec_str)
+    error: str = _wire("error", _dec_str)
+    ref_message_id: str | None = _wire("refMessageId", _dec_str, optional=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SrvTableChecksums(Message):
+    """Extension: per-table checksums of the server's tables at ``lsn``."""
+
+    TYPE: ClassVar[MessageType] = MessageType.SRV_TABLE_CHECKSUMS
+    lsn: int = _wire("lsn", _dec_lsn, format_lsn)
+    checksums: dict[str, str] = _wire("checksums", _dec_checksums, dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CltInitReceived(Message):
+    TYPE: ClassVar[MessageType] = MessageType.CLT_INIT_RECEIVED
+    table: str = _wire("table", _dec_name)
+    chunk: int = _wire("chunk", _dec_count)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CltInitProcessed(Message):
+    TYPE: ClassVar[MessageType] = MessageType.CLT_INIT_PROCESSED
+
+
+@dataclass(frozen=True, kw_only=True)
+class CltCatchupReceived(Message):
+    TYPE: ClassVar[MessageType] = MessageType.CLT_CATCHUP_RECEIVED
+    chunk: int = _wire("chunk", _dec_count)
+    lsn: int = _wire("lsn", _dec_lsn, format_lsn)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CltChangesReceived(Message):
+    TYPE: ClassVar[MessageType] = MessageType.CLT_CHANGES_RECEIVED
+    change_ids: tuple[str, ...] = _wire("changeIds", _dec_id_list, list)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CltChangesApplied(Message):
+    TYPE: ClassVar[MessageType] = MessageType.CLT_CHANGES_APPLIED
+    change_ids: tuple[str, ...] = _wire("changeIds", _dec_id_list, list)
+    last_lsn: int = _wire("lastLSN", _dec_lsn, format_lsn)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CltSendChanges(Message):
+    TYPE: ClassVar[MessageType] = MessageType.CLT_SEND_CHANGES
+    changes: tuple[TableChange, ...] = _wire("changes", _dec_changes, _enc_changes)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CltHeartbeat(Message):
+    TYPE: ClassVar[MessageType] = MessageType.CLT_HEARTBEAT
+    lsn: int = _wire("lsn", _dec_lsn, format_lsn)
+    active: bool = _wire("active", _dec_bool, default=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CltError(Message):
+    TYPE: ClassVar[MessageType] = MessageType.CLT_ERROR
+    code: str = _wire("code", _dec_str)
+    error: str = _wire("error", _dec_str)
+    ref_message_id: str | None = _wire("refMessageId", _dec_str, optional=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CltRequestChecksums(Message):
+    """Extension: ask for ``srv_table_checksums`` at the client's current LSN."""
+
+    TYPE: ClassVar[MessageType] = MessageType.CLT_REQUEST_CHECKSUMS
+    tables: tuple[str, ...] = _wire("tables", _dec_id_list, list, default=())
+
+
+MESSAGE_CLASSES: dict[MessageType, type[Message]] = {
+    cls.TYPE: cls
+    for cls in (
+        SrvInitStart, SrvInitChanges, SrvInitComplete, SrvCatchupChanges, SrvCatchupCompleted,
+        SrvLiveChanges, SrvLsnUpdate, SrvChangesReceived, SrvChangesApplied, SrvHeartbeat,
+        SrvError, SrvTableChecksums, CltInitReceived, CltInitProcessed, CltCatchupReceived,
+        CltChangesReceived, CltChangesApplied, CltSendChanges, CltHeartbeat, CltError,
+        CltRequestChecksums,
+    )
+}
+
+MAX_NESTING = 32
+_COMMON_WIRE_FIELDS = ("messageId", "timestamp", "clientId")
+
+
+def _check_depth(value: Any, depth: int = 0) -> None:
+    if depth > MAX_NESTING:
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"nesting deeper than {MAX_NESTING} levels")
+    if isinstance(value, dict):
+        for item in value.values():
+            _check_depth(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_depth(item, depth + 1)
+
+
+def decode_message(text: str | bytes, *, expect: str | None = None) -> Message:
+    """Parse one frame into its message dataclass.
+
+    ``expect`` is ``"srv"`` or ``"clt"`` to refuse messages of the other side.
+    Raises ``ProtocolError`` with a code and the offending field.
+    """
+    try:
+        raw = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(ErrorCode.INVALID_JSON, f"frame is not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "a message must be a JSON object")
+    _check_depth(raw)
+    ref = raw.get("messageId") if isinstance(raw.get("messageId"), str) else None
+    if "type" not in raw:
+        raise ProtocolError(
+            ErrorCode.MISSING_FIELD, "missing required field 'type'", field="type",
+            ref_message_id=ref,
+        )
+    type_name = raw["type"]
+    try:
+        message_type = MessageType(type_name)
+    except ValueError:
+        raise ProtocolError(
+            ErrorCode.UNKNOWN_TYPE, f"unknown message type {str(type_name)[:60]!r}",
+            field="type", ref_message_id=ref,
+        ) from None
+    if expect is not None and not message_type.value.startswith(expect + "_"):
+        raise ProtocolError(
+            ErrorCode.UNKNOWN_TYPE,
+            f"message type {message_type.value!r} is not sent by this side",
+            field="type", ref_message_id=ref,
+        )
+    cls = MESSAGE_CLASSES[message_type]
+    for common in _COMMON_WIRE_FIELDS:
+        if common not in raw:
+            raise ProtocolError(
+                ErrorCode.MISSING_FIELD, f"missing required field '{common}'", field=common,
+                ref_message_id=ref,
+            )
+    try:
+        values = _decode_fields(cls, raw, "")
+    except ProtocolError as exc:
+        exc.ref_message_id = ref
+        raise
+    return cls(**values)
+
+
+def encode_message(message: Message) -> str:
+    """The wire text of ``message`` (fills ``messageId`` and ``timestamp`` when unset)."""
+    body = {"type": message.TYPE.value}
+    body.update(_encode_fields(message))
+    if not body.get("messageId"):
+        body["messageId"] = new_message_id()
+    if not body.get("timestamp"):
+        body["timestamp"] = int(time.time() * 1000)
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def make(cls: type[M], client_id: str, now_ms: int, **values: Any) -> M:
+    """Build a message with fresh common fields: ``make(SrvHeartbeat, cid, now)``."""
+    return cls(client_id=client_id, message_id=new_message_id(), timestamp=now_ms, **values)
