@@ -104,7 +104,9 @@ class TableInfo:
             return f"column '{column.name}' cannot hold NaN"
         affinity = column.affinity
         if affinity == "INTEGER" and isinstance(value, str):
-            return f"column '{column.name}' ({column.declared_type}) cannot hold text {value[:40]!r}"
+            return (
+                f"column '{column.name}' ({column.declared_type}) cannot hold text {value[:40]!r}"
+            )
         if affinity in ("REAL", "NUMERIC") and isinstance(value, str):
             try:
                 float(value)
@@ -217,8 +219,7 @@ def _read_tables(conn: sqlite3.Connection) -> dict[str, TableInfo]:
         pk = tuple(c.name for c in sorted(columns, key=lambda c: c.pk_index) if c.pk_index)
         if not pk:
             raise SchemaError(f"table '{name}' needs a PRIMARY KEY to be synced")
-        parents = tuple(
-            sorted({row[2] for row in conn.execute(f"PRAGMA foreign_key_list({quote_ident(name)})")})
-        )
+        fk_rows = conn.execute(f"PRAGMA foreign_key_list({quote_ident(name)})").fetchall()
+        parents = tuple(sorted({row[2] for row in fk_rows}))
         tables[name] = TableInfo(name, columns, pk, parents, create_sql or "")
     return tables

@@ -367,8 +367,12 @@ def _dec_results(value: Any, path: str) -> tuple[ChangeResult, ...]:
         result = ChangeResult(**_decode_fields(ChangeResult, raw, f"{item_path}."))
         if "row" in raw and raw["row"] is None:
             result = ChangeResult(
-                id=result.id, status=result.status, lsn=result.lsn, reason=result.reason,
-                row=None, row_deleted=True,
+                id=result.id,
+                status=result.status,
+                lsn=result.lsn,
+                reason=result.reason,
+                row=None,
+                row_deleted=True,
             )
         results.append(result)
     return tuple(results)
@@ -560,10 +564,26 @@ class CltRequestChecksums(Message):
 MESSAGE_CLASSES: dict[MessageType, type[Message]] = {
     cls.TYPE: cls
     for cls in (
-        SrvInitStart, SrvInitChanges, SrvInitComplete, SrvCatchupChanges, SrvCatchupCompleted,
-        SrvLiveChanges, SrvLsnUpdate, SrvChangesReceived, SrvChangesApplied, SrvHeartbeat,
-        SrvError, SrvTableChecksums, CltInitReceived, CltInitProcessed, CltCatchupReceived,
-        CltChangesReceived, CltChangesApplied, CltSendChanges, CltHeartbeat, CltError,
+        SrvInitStart,
+        SrvInitChanges,
+        SrvInitComplete,
+        SrvCatchupChanges,
+        SrvCatchupCompleted,
+        SrvLiveChanges,
+        SrvLsnUpdate,
+        SrvChangesReceived,
+        SrvChangesApplied,
+        SrvHeartbeat,
+        SrvError,
+        SrvTableChecksums,
+        CltInitReceived,
+        CltInitProcessed,
+        CltCatchupReceived,
+        CltChangesReceived,
+        CltChangesApplied,
+        CltSendChanges,
+        CltHeartbeat,
+        CltError,
         CltRequestChecksums,
     )
 }
@@ -599,7 +619,9 @@ def decode_message(text: str | bytes, *, expect: str | None = None) -> Message:
     ref = raw.get("messageId") if isinstance(raw.get("messageId"), str) else None
     if "type" not in raw:
         raise ProtocolError(
-            ErrorCode.MISSING_FIELD, "missing required field 'type'", field="type",
+            ErrorCode.MISSING_FIELD,
+            "missing required field 'type'",
+            field="type",
             ref_message_id=ref,
         )
     type_name = raw["type"]
@@ -607,20 +629,25 @@ def decode_message(text: str | bytes, *, expect: str | None = None) -> Message:
         message_type = MessageType(type_name)
     except ValueError:
         raise ProtocolError(
-            ErrorCode.UNKNOWN_TYPE, f"unknown message type {str(type_name)[:60]!r}",
-            field="type", ref_message_id=ref,
+            ErrorCode.UNKNOWN_TYPE,
+            f"unknown message type {str(type_name)[:60]!r}",
+            field="type",
+            ref_message_id=ref,
         ) from None
     if expect is not None and not message_type.value.startswith(expect + "_"):
         raise ProtocolError(
             ErrorCode.UNKNOWN_TYPE,
             f"message type {message_type.value!r} is not sent by this side",
-            field="type", ref_message_id=ref,
+            field="type",
+            ref_message_id=ref,
         )
     cls = MESSAGE_CLASSES[message_type]
     for common in _COMMON_WIRE_FIELDS:
         if common not in raw:
             raise ProtocolError(
-                ErrorCode.MISSING_FIELD, f"missing required field '{common}'", field=common,
+                ErrorCode.MISSING_FIELD,
+                f"missing required field '{common}'",
+                field=common,
                 ref_message_id=ref,
             )
     try:
