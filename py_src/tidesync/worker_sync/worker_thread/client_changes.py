@@ -1,0 +1,116 @@
+"""The local changes in flight to the server: which batch is sent and not yet answered.
+
+Pure state, no I/O.  The durable truth (which changes are unsynced) lives in
+the Changes Worker's ``local_changes``; this object only remembers what was
+put on *this* connection, so that:
+
+* one batch is in flight at a time, oldest first (PROTOCOL.md "Client changes"
+  1: the server applies them in order; a second batch could overtake a resend);
+* ``srv_changes_applied`` clears exactly the ids it answers; a result for an
+  id not in flight is ignored with a log line (a late answer from an earlier
+  connection, or a confused server);
+* when the connection ends, everything in flight becomes unsent again and is
+  sent again after reconnecting (PROTOCOL.md "Client changes" 4; the change
+  ids make the resend idempotent on the server).
+
+Call order per batch: ``can_send`` -> ``start_batch`` -> (``on_received``) ->
+``on_applied``; ``on_disconnect`` at any time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from tidesync.worker_sync.shared.message_types import ChangeResult, TableChange
+
+__all__ = ["DEFAULT_BATCH_SIZE", "ClientChanges"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 500
+
+
+@dataclass
+class ClientChanges:
+    """Changes sent on the current connection and not yet answered.
+
+    Invariant: ``in_flight`` is empty or holds exactly the ids of the last
+    batch not yet answered; nothing is sent while it is non-empty.
+    """
+
+    batch_size: int = DEFAULT_BATCH_SIZE
+    _in_flight: dict[str, bool] = field(default_factory=dict)  # id -> received by server
+    _batch_message_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+
+    @property
+    def in_flight(self) -> tuple[str, ...]:
+        """Ids sent and not yet answered, in send order."""
+        return tuple(self._in_flight)
+
+    @property
+    def batch_message_id(self) -> str | None:
+        """``messageId`` of the ``clt_send_changes`` in flight (to match ``srv_error``)."""
+        return self._batch_message_id if self._in_flight else None
+
+    def can_send(self) -> bool:
+        return not self._in_flight
+
+    def start_batch(
+        self, unsynced: Sequence[TableChange], message_id: str
+    ) -> tuple[TableChange, ...]:
+        """Take the next batch (oldest first, at most ``batch_size``) and mark it in flight."""
+        if self._in_flight:
+            raise RuntimeError("a batch is already in flight; wait for srv_changes_applied")
+        batch = tuple(unsynced[: self.batch_size])
+        self._in_flight = {change.id: False for change in batch}
+        self._batch_message_id = message_id if batch else None
+        return batch
+
+    def on_received(self, change_ids: Iterable[str]) -> None:
+        """``srv_changes_received``: the server parsed them (no state change needed)."""
+        for change_id in change_ids:
+            if change_id in self._in_flight:
+                self._in_flight[change_id] = True
+            else:
+                log.info("srv_changes_received for change %s not in flight; ignored", change_id)
+
+    def on_applied(
+        self, results: Sequence[ChangeResult], applied_ids: Iterable[str] = ()
+    ) -> list[ChangeResult]:
+        """``srv_changes_applied``: clear the answered ids, return the results we sent for.
+
+        ``applied_ids`` (``appliedChanges``) also clears ids without a result
+        entry, for servers that only list them.
+        """
+        known: list[ChangeResult] = []
+        for result in results:
+            if self._in_flight.pop(result.id, None) is None:
+                log.info("result for change %s not in flight; ignored", result.id)
+                continue
+            known.append(result)
+        for change_id in applied_ids:
+            self._in_flight.pop(change_id, None)
+        return known
+
+    def fail_batch(self) -> tuple[str, ...]:
+        """The server refused the whole batch (``srv_error`` for it): nothing in flight."""
+        dropped = self.in_flight
+        self._in_flight.clear()
+        return dropped
+
+    def on_disconnect(self) -> tuple[str, ...]:
+        """The connection ended: what was in flight is unsent again; returns those ids."""
+        dropped = self.in_flight
+        if dropped:
+            log.info(
+                "%d change(s) in flight when the connection ended; resending later", len(dropped)
+            )
+        self._in_flight.clear()
+        self._batch_message_id = None
+        return dropped

@@ -1,0 +1,54 @@
+"""What the page (and Python callers) can read about sync: immutable snapshots.
+
+A new ``SyncStatus`` is published whenever anything in it changes; readers
+never see a half-updated status because there is nothing to update in place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from tidesync.worker_sync.shared.lsn_manager import format_lsn
+
+__all__ = ["InitProgress", "SyncPhase", "SyncStatus"]
+
+
+class SyncPhase(StrEnum):
+    """Where the current connection is in PROTOCOL.md "Phases of a connection"."""
+
+    DISCONNECTED = "disconnected"
+    CONNECTING = "connecting"  # socket open, no phase message yet
+    INITIAL = "initial"
+    CATCHUP = "catchup"
+    LIVE = "live"
+
+
+@dataclass(frozen=True)
+class InitProgress:
+    """The initial sync's position: the last chunk staged and rows staged so far."""
+
+    table: str
+    chunk: int
+    total: int
+    rows: int
+
+
+@dataclass(frozen=True)
+class SyncStatus:
+    connected: bool = False
+    phase: SyncPhase = SyncPhase.DISCONNECTED
+    lsn: int = 0
+    pending: int = 0  # local changes not yet acknowledged by the server
+    last_error: str | None = None
+    reconnect_in: float | None = None  # seconds until the next attempt, when backing off
+    init_progress: InitProgress | None = None
+
+    @property
+    def lsn_text(self) -> str:
+        return format_lsn(self.lsn)
+
+    @property
+    def synced(self) -> bool:
+        """Live with nothing left to send: what ``wait_until_synced`` waits for."""
+        return self.connected and self.phase is SyncPhase.LIVE and self.pending == 0

@@ -1,0 +1,393 @@
+"""``SyncWorker``: the one loop that drives the Sync side over a transport.
+
+It owns the socket (through a ``Transport`` adapter), the client id and the
+status; the database belongs to the Changes side, reached only through the
+``ChangesPort``.  Every input (frames, socket open/close, local commits, the
+offline toggle, timer deadlines) goes through one queue and is handled to the
+end before the next one, so server messages are processed strictly one at a
+time and in order, and the pure cores (``ConnectionManager``,
+``MessageProcessor``, ``ClientChanges``) never see concurrency.
+
+Sockets are numbered (``_gen``); events of a socket already given up are
+dropped, which is what keeps a late close of an old connection from touching
+the new one.
+
+The same class runs natively (``websockets``) and in Pyodide (``js.WebSocket``):
+it uses asyncio only, never threads, and imports no socket library.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random as _random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from tidesync.worker_sync.shared.changes_port import ChangesPort
+from tidesync.worker_sync.shared.lsn_manager import format_lsn
+from tidesync.worker_sync.shared.message_types import (
+    CltHeartbeat,
+    CltSendChanges,
+    Message,
+    encode_message,
+    make,
+    new_message_id,
+)
+from tidesync.worker_sync.worker_thread.client_changes import DEFAULT_BATCH_SIZE, ClientChanges
+from tidesync.worker_sync.worker_thread.connection_manager import (
+    Action,
+    BackoffPolicy,
+    CloseSocket,
+    ConnectionManager,
+    OpenSocket,
+    SendHeartbeat,
+    SessionEnded,
+)
+from tidesync.worker_sync.worker_thread.message_processor import (
+    FlushLocalChanges,
+    Instruction,
+    MessageProcessor,
+    Reconnect,
+    Send,
+)
+from tidesync.worker_sync.worker_thread.status import SyncPhase, SyncStatus
+from tidesync.worker_sync.worker_thread.transport import (
+    ABNORMAL_CLOSURE,
+    Transport,
+    TransportClosed,
+    TransportFactory,
+)
+
+__all__ = ["SyncWorker", "build_sync_url"]
+
+log = logging.getLogger(__name__)
+
+StatusCallback = Callable[[SyncStatus], None]
+
+
+def build_sync_url(base: str, client_id: str, lsn: int) -> str:
+    """``{base}?clientId=<id>&lsn=<H/L>`` (PROTOCOL.md "Transport")."""
+    sep = "&" if "?" in base else "?"
+    return f"{base}{sep}clientId={quote(client_id, safe='')}&lsn={quote(format_lsn(lsn), safe='/')}"
+
+
+@dataclass(frozen=True)
+class _SocketEvent:
+    gen: int
+    kind: str  # "opened" | "frame" | "closed"
+    text: str = ""
+    code: int = 0
+
+
+@dataclass(frozen=True)
+class _Command:
+    name: str  # "connect" | "local_change" | "online" | "offline" | "stop"
+
+
+class SyncWorker:
+    """Connects, keeps the connection alive and routes messages; see the module docstring.
+
+    Use: ``await start()``; call ``notify_local_change()`` after each local
+    commit; read ``status`` or subscribe with ``on_status``; ``await stop()``.
+    """
+
+    def __init__(
+        self,
+        port: ChangesPort,
+        transport_factory: TransportFactory,
+        *,
+        url: str,
+        heartbeat_interval: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+        random: Callable[[], float] = _random.random,
+        wall_ms: Callable[[], int] | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        backoff: BackoffPolicy | None = None,
+    ) -> None:
+        self._port = port
+        self._factory = transport_factory
+        self._url = url
+        self._clock = clock
+        self._wall_ms = wall_ms or (lambda: int(time.time() * 1000))
+        self._cm = ConnectionManager(
+            heartbeat_interval=heartbeat_interval, backoff=backoff, random=random
+        )
+        self._changes = ClientChanges(batch_size=batch_size)
+        self._processor: MessageProcessor | None = None
+        self._client_id = ""
+        self._events: asyncio.Queue[_SocketEvent | _Command] = asyncio.Queue()
+        self._gen = 0
+        self._connect_lsn = 0
+        self._transport: Transport | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+        self._run_task: asyncio.Task[None] | None = None
+        self._status = SyncStatus()
+        self._status_changed = asyncio.Event()
+        self._callbacks: list[StatusCallback] = []
+        self._pending = 0
+        self._pending_dirty = True
+        self._local_unseen = False  # a local commit not yet looked at by the loop
+        self._loop_error: str | None = None
+
+    # --- public API ---------------------------------------------------------------------------
+
+    @property
+    def client_id(self) -> str:
+        return self._client_id
+
+    @property
+    def status(self) -> SyncStatus:
+        return self._status
+
+    def on_status(self, callback: StatusCallback) -> Callable[[], None]:
+        """Call ``callback`` with every new status; returns the unsubscribe function."""
+        self._callbacks.append(callback)
+        return lambda: self._callbacks.remove(callback) if callback in self._callbacks else None
+
+    async def start(self) -> None:
+        """Read the client id and LSN from the Changes side, then start connecting."""
+        if self._run_task is not None:
+            raise RuntimeError("SyncWorker already started")
+        state = await self._port.local_state()
+        self._client_id = state.client_id
+        self._processor = MessageProcessor(
+            self._port, self._changes, client_id=state.client_id, wall_ms=self._wall_ms
+        )
+        self._processor.begin(state.lsn)
+        self._processor.phase = SyncPhase.DISCONNECTED
+        self._pending = state.pending_count
+        self._pending_dirty = False
+        self._run_task = asyncio.ensure_future(self._run())
+        self._events.put_nowait(_Command("connect"))
+
+    async def stop(self) -> None:
+        """Close the socket (1000) and end the loop; the database is untouched."""
+        if self._run_task is None:
+            return
+        self._events.put_nowait(_Command("stop"))
+        await self._run_task
+
+    def notify_local_change(self) -> None:
+        """A local commit happened: update ``pending`` and, when live, send it."""
+        self._local_unseen = True
+        self._pending_dirty = True
+        self._events.put_nowait(_Command("local_change"))
+
+    def go_offline(self) -> None:
+        self._events.put_nowait(_Command("offline"))
+
+    def go_online(self) -> None:
+        self._events.put_nowait(_Command("online"))
+
+    async def wait_until_synced(self, timeout: float | None = None) -> SyncStatus:
+        """Wait until live with nothing pending; raises ``TimeoutError`` with the status."""
+
+        async def synced() -> SyncStatus:
+            self.notify_local_change()  # recount pending from the database first
+            while not (self._status.synced and not self._local_unseen):
+                await self._status_changed.wait()
+            return self._status
+
+        try:
+            return await asyncio.wait_for(synced(), timeout)
+        except TimeoutError:
+            raise TimeoutError(f"not synced after {timeout} s: {self._status}") from None
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        getter: asyncio.Future[_SocketEvent | _Command] | None = None
+        try:
+            while True:
+                if getter is None:
+                    getter = asyncio.ensure_future(self._events.get())
+                deadline = self._cm.next_deadline()
+                timeout = None if deadline is None else max(0.0, deadline - self._clock())
+                done, _ = await asyncio.wait({getter}, timeout=timeout)
+                try:
+                    if getter in done:
+                        event, getter = getter.result(), None
+                        if isinstance(event, _Command) and event.name == "stop":
+                            await self._execute(self._cm.stop(self._clock()))
+                            break
+                        await self._dispatch(event)
+                    else:
+                        await self._execute(self._cm.tick(self._clock()))
+                except Exception as exc:  # a bug or a failing port: log, keep the loop alive
+                    log.exception("sync loop step failed")
+                    self._loop_error = f"{type(exc).__name__}: {exc}"
+                await self._publish()
+        finally:
+            if getter is not None:
+                getter.cancel()
+            await self._teardown_socket()
+            if self._closing:
+                await asyncio.wait(self._closing, timeout=2.0)
+            await self._publish()
+
+    async def _dispatch(self, event: _SocketEvent | _Command) -> None:
+        now = self._clock()
+        if isinstance(event, _Command):
+            if event.name == "connect":
+                await self._execute(self._cm.connect_requested(now))
+            elif event.name in ("online", "offline"):
+                await self._execute(self._cm.set_online(now, event.name == "online"))
+            elif event.name == "local_change":
+                self._local_unseen = False
+                await self._flush()
+            return
+        if event.gen != self._gen:
+            return  # a socket we already gave up
+        if event.kind == "opened":
+            await self._execute(self._cm.opened(now))
+            self._proc.begin(self._connect_lsn)
+        elif event.kind == "frame":
+            await self._execute(self._cm.frame_received(now))
+            was_live = self._proc.phase is SyncPhase.LIVE
+            await self._follow(await self._proc.handle_text(event.text))
+            if not was_live and self._proc.phase is SyncPhase.LIVE:
+                self._cm.last_error = self._proc.last_error = self._loop_error = None
+        else:
+            await self._execute(self._cm.closed(now, event.code, event.text))
+
+    async def _execute(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, OpenSocket):
+                await self._open_socket()
+            elif isinstance(action, SendHeartbeat):
+                heartbeat = make(CltHeartbeat, self._client_id, self._wall_ms(), lsn=self._proc.lsn)
+                await self._send(heartbeat)
+            elif isinstance(action, CloseSocket):
+                await self._teardown_socket(action.code, action.reason)
+            elif isinstance(action, SessionEnded):
+                await self._teardown_socket()
+                self._changes.on_disconnect()
+                await self._proc.connection_lost()
+                self._pending_dirty = True
+
+    async def _follow(self, instructions: list[Instruction]) -> None:
+        for item in instructions:
+            if isinstance(item, Send):
+                await self._send(item.message)
+            elif isinstance(item, FlushLocalChanges):
+                self._pending_dirty = True
+                await self._flush()
+            elif isinstance(item, Reconnect):
+                self._pending_dirty = True
+                await self._execute(self._cm.restart(self._clock(), item.reason))
+
+    async def _flush(self) -> None:
+        """Send the next batch of local changes when live and nothing is in flight."""
+        if not (self._cm.connected and self._proc.phase is SyncPhase.LIVE):
+            return
+        if not self._changes.can_send():
+            return
+        unsynced = await self._port.unsynced_changes(self._changes.batch_size)
+        if not unsynced:
+            return
+        message_id = new_message_id()
+        batch = self._changes.start_batch(unsynced, message_id)
+        message = CltSendChanges(
+            client_id=self._client_id,
+            message_id=message_id,
+            timestamp=self._wall_ms(),
+            changes=batch,
+        )
+        await self._port.mark_sent([change.id for change in batch])
+        log.debug("sending %d local change(s)", len(batch))
+        await self._send(message)
+
+    # --- the socket ---------------------------------------------------------------------------
+
+    async def _open_socket(self) -> None:
+        state = await self._port.local_state()
+        self._connect_lsn = state.lsn
+        self._gen += 1
+        url = build_sync_url(self._url, self._client_id, state.lsn)
+        transport = self._factory()
+        self._transport = transport
+        self._reader = asyncio.ensure_future(self._pump(self._gen, transport, url))
+        log.info("connecting to %s", url)
+
+    async def _pump(self, gen: int, transport: Transport, url: str) -> None:
+        """Reads one socket into the queue; never handles anything itself."""
+        put = self._events.put_nowait
+        try:
+            await transport.open(url)
+            put(_SocketEvent(gen, "opened"))
+            while True:
+                put(_SocketEvent(gen, "frame", await transport.recv()))
+        except TransportClosed as exc:
+            put(_SocketEvent(gen, "closed", exc.reason, exc.code))
+        except Exception as exc:  # refused, reset, DNS: all mean "no connection"
+            put(_SocketEvent(gen, "closed", f"{type(exc).__name__}: {exc}", ABNORMAL_CLOSURE))
+
+    async def _send(self, message: Message) -> None:
+        transport = self._transport
+        if transport is None or not self._cm.connected:
+            log.debug("not connected; %s dropped", message.type.value)
+            return
+        try:
+            await transport.send(encode_message(message))
+        except Exception as exc:  # the reader reports the close; make sure it is seen
+            log.info("send failed (%s); the connection is gone", exc)
+            code = exc.code if isinstance(exc, TransportClosed) else ABNORMAL_CLOSURE
+            self._events.put_nowait(_SocketEvent(self._gen, "closed", str(exc), code))
+
+    async def _teardown_socket(self, code: int = 1000, reason: str = "") -> None:
+        """Forget the current socket (its late events are dropped) and close it."""
+        transport, reader = self._transport, self._reader
+        self._transport = self._reader = None
+        self._gen += 1
+        if reader is not None and reader is not asyncio.current_task():
+            reader.cancel()
+        if transport is not None:
+            task = asyncio.ensure_future(self._close_quietly(transport, code, reason))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    @staticmethod
+    async def _close_quietly(transport: Transport, code: int, reason: str) -> None:
+        try:
+            await transport.close(code, reason)
+        except Exception as exc:
+            log.debug("closing the socket failed: %s", exc)
+
+    # --- status -------------------------------------------------------------------------------
+
+    @property
+    def _proc(self) -> MessageProcessor:
+        if self._processor is None:
+            raise RuntimeError("SyncWorker.start() was not called")
+        return self._processor
+
+    async def _publish(self) -> None:
+        if self._pending_dirty:
+            self._pending_dirty = False
+            self._pending = (await self._port.local_state()).pending_count
+        proc, now = self._proc, self._clock()
+        status = SyncStatus(
+            connected=self._cm.connected,
+            phase=proc.phase,
+            lsn=proc.lsn,
+            pending=self._pending,
+            last_error=proc.last_error or self._cm.last_error or self._loop_error,
+            reconnect_in=self._cm.reconnect_in(now),
+            init_progress=proc.init_progress,
+        )
+        # Waiters re-check after every step (``_local_unseen`` may have flipped even
+        # when the status itself did not change); callbacks hear only real changes.
+        changed, self._status_changed = self._status_changed, asyncio.Event()
+        changed.set()
+        if status == self._status:
+            return
+        self._status = status
+        for callback in list(self._callbacks):
+            try:
+                callback(status)
+            except Exception:
+                log.exception("status callback failed")
