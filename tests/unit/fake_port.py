@@ -1,0 +1,114 @@
+"""An in-memory ``ChangesPort`` for unit tests of the Sync side.
+
+It records every call, keeps rows per table, an LSN and a list of local
+changes, and follows the port's contract closely enough for routing tests (no
+last-write-wins: that belongs to the Changes side and its own tests).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tidesync.worker_sync.shared.changes_port import ApplyOutcome, LocalState
+from tidesync.worker_sync.shared.message_types import (
+    ChangeResult,
+    Operation,
+    TableChange,
+)
+
+
+@dataclass
+class FakePort:
+    client_id: str = "client-a"
+    lsn: int = 0
+    initialized: bool = False
+    rows: dict[str, dict[Any, dict[str, Any]]] = field(default_factory=dict)
+    local: list[TableChange] = field(default_factory=list)  # unsynced, oldest first
+    staged: list[tuple[str, TableChange]] | None = None
+    calls: list[tuple[str, Any]] = field(default_factory=list)
+    server_times: list[int] = field(default_factory=list)
+    fail_apply: bool = False
+
+    def add_local(self, change_id: str, table: str = "tasks", **data: Any) -> TableChange:
+        change = TableChange(
+            id=change_id,
+            table=table,
+            operation=Operation.INSERT,
+            data={"id": change_id, **data},
+            updated_at="2026-11-25T10:00:00.000Z",
+        )
+        self.local.append(change)
+        return change
+
+    async def local_state(self) -> LocalState:
+        return LocalState(self.client_id, self.lsn, len(self.local), self.initialized)
+
+    async def observe_server_time(self, millis: int) -> None:
+        self.server_times.append(millis)
+
+    async def begin_initial_sync(self, server_lsn: int) -> None:
+        self.calls.append(("begin_initial_sync", server_lsn))
+        self.staged = []
+
+    async def stage_initial_chunk(self, table: str, changes: Sequence[TableChange]) -> None:
+        self.calls.append(("stage_initial_chunk", (table, len(changes))))
+        assert self.staged is not None, "stage before begin"
+        self.staged.extend((table, c) for c in changes)
+
+    async def commit_initial_sync(self, server_lsn: int) -> ApplyOutcome:
+        self.calls.append(("commit_initial_sync", server_lsn))
+        assert self.staged is not None, "commit before begin"
+        self.rows = {}
+        for table, change in self.staged:
+            self.rows.setdefault(table, {})[change.data["id"]] = dict(change.data)
+        self.staged = None
+        self.lsn = server_lsn
+        self.initialized = True
+        return ApplyOutcome(lsn=server_lsn, applied=len(self.rows))
+
+    async def abort_initial_sync(self) -> None:
+        self.calls.append(("abort_initial_sync", None))
+        self.staged = None
+
+    async def apply_server_changes(
+        self, changes: Sequence[TableChange], last_lsn: int, *, source: str
+    ) -> ApplyOutcome:
+        self.calls.append(("apply_server_changes", (source, [c.id for c in changes], last_lsn)))
+        if self.fail_apply:
+            raise RuntimeError("disk full")
+        for change in changes:
+            table = self.rows.setdefault(change.table, {})
+            key = change.data["id"]
+            if change.operation is Operation.DELETE:
+                table.pop(key, None)
+            else:
+                table.setdefault(key, {}).update(change.data)
+        self.lsn = max(self.lsn, last_lsn)
+        return ApplyOutcome(lsn=self.lsn, applied=len(changes))
+
+    async def advance_lsn(self, lsn: int) -> None:
+        self.calls.append(("advance_lsn", lsn))
+        self.lsn = max(self.lsn, lsn)
+
+    async def unsynced_changes(self, limit: int) -> list[TableChange]:
+        return self.local[:limit]
+
+    async def mark_sent(self, change_ids: Sequence[str]) -> None:
+        self.calls.append(("mark_sent", list(change_ids)))
+
+    async def record_results(self, results: Sequence[ChangeResult]) -> ApplyOutcome:
+        self.calls.append(("record_results", [(r.id, r.status.value) for r in results]))
+        done = {r.id for r in results}
+        self.local = [c for c in self.local if c.id not in done]
+        return ApplyOutcome(lsn=self.lsn)
+
+    async def reset_for_reinit(self) -> None:
+        self.calls.append(("reset_for_reinit", None))
+        self.rows = {}
+        self.lsn = 0
+        self.initialized = False
+
+    def called(self, name: str) -> list[Any]:
+        return [arg for call, arg in self.calls if call == name]
