@@ -1,0 +1,38 @@
+// @ts-check
+/**
+ * Changes Worker bootstrap: the one owner of the SQLite database on OPFS.
+ *
+ * Loads Pyodide, mounts the OPFS file system under SQLite, then hands control to
+ * `tidesync.changes.browser_entry`. The page posts `{kind: "init", config}` with
+ * one end of the MessageChannel to the Sync Worker; every later message (page
+ * requests, Sync Worker requests) is handled in Python.
+ */
+import { bootPyodide, messageInbox } from "./boot.mjs";
+import { mountOpfs } from "./opfs_fs.mjs";
+
+const inbox = messageInbox(self);
+const init = await inbox.first((ev) => ev.data && ev.data.kind === "init");
+const config = init.data.config;
+const syncPort = init.ports[0];
+
+try {
+  const pyodide = await bootPyodide(config.siteBase);
+  const dbFile = `${config.name}.sqlite3`;
+  const storage = await mountOpfs(pyodide, {
+    mountPoint: "/opfs",
+    dir: config.opfsDir || "tidesync",
+    files: [dbFile],
+  });
+  const entry = pyodide.pyimport("tidesync.changes.browser_entry");
+  await entry.start({
+    config: { ...config, dbPath: `/opfs/${dbFile}`, bootMillis: pyodide.bootMillis },
+    post: (/** @type {any} */ message) => self.postMessage(message),
+    take: inbox.take,
+    syncPort,
+    storage,
+  });
+} catch (err) {
+  const error = /** @type {Error} */ (err);
+  console.error("tidesync changes worker failed to start", error);
+  self.postMessage({ event: "fatal", error: { type: error.name, message: String(error.message) } });
+}

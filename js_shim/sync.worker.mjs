@@ -1,0 +1,30 @@
+// @ts-check
+/**
+ * Sync Worker bootstrap: the one owner of the WebSocket to the sync server.
+ *
+ * Loads Pyodide, then hands control to
+ * `tidesync.worker_sync.worker_thread.browser_entry`, which reaches the Changes
+ * Worker through the MessageChannel port it is given and the server through
+ * `js.WebSocket`.
+ */
+import { bootPyodide, messageInbox } from "./boot.mjs";
+
+const inbox = messageInbox(self);
+const init = await inbox.first((ev) => ev.data && ev.data.kind === "init");
+const config = init.data.config;
+const changesPort = init.ports[0];
+
+try {
+  const pyodide = await bootPyodide(config.siteBase);
+  const entry = pyodide.pyimport("tidesync.worker_sync.worker_thread.browser_entry");
+  await entry.start({
+    config: { ...config, bootMillis: pyodide.bootMillis },
+    post: (/** @type {any} */ message) => self.postMessage(message),
+    take: inbox.take,
+    changesPort,
+  });
+} catch (err) {
+  const error = /** @type {Error} */ (err);
+  console.error("tidesync sync worker failed to start", error);
+  self.postMessage({ event: "fatal", error: { type: error.name, message: String(error.message) } });
+}

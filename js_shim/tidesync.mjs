@@ -1,0 +1,422 @@
+// @ts-check
+/**
+ * tidesync page API: a local SQLite database that syncs itself.
+ *
+ *   const db = await TideSync.open({ url: "ws://127.0.0.1:8765/api/sync", name: "todo" });
+ *   await db.insert("projects", { id: crypto.randomUUID(), name: "Garden" });
+ *   const stop = db.subscribe("SELECT * FROM projects ORDER BY name", [], (rows) => render(rows));
+ *   db.on("status", (s) => console.log(s.phase, s.lsn, s.pending));
+ *
+ * The page never sees a worker. One tab per origin and database owns the OPFS
+ * file (Web Locks leader election); other tabs of the same database work
+ * through it over a BroadcastChannel and take over when it closes.
+ */
+
+/**
+ * @typedef {Object} OpenOptions
+ * @property {string} [url] WebSocket URL of the sync server; default `/api/sync` on this page's host
+ * @property {string} [name] database name (one OPFS file each); default "tidesync"
+ * @property {string} [schema] `CREATE TABLE` SQL of the synced tables; default: the demo schema
+ * @property {string} [siteBase] URL of the site root holding `pyodide/` and `manifest.json`
+ * @property {number} [heartbeatInterval] seconds between heartbeats; default 5
+ * @property {boolean} [sync] false keeps the database local-only (no Sync Worker)
+ * @property {boolean} [multiTab] false skips leader election (the tab always opens the file)
+ */
+
+/**
+ * @typedef {Object} SyncStatus
+ * @property {"starting"|"leader"|"follower"} role which tab owns the database file
+ * @property {boolean} ready local data is readable
+ * @property {boolean} connected the socket to the server is open
+ * @property {string} phase "starting", "connecting", "initial", "catchup", "live", "backoff", "offline", "stopped"
+ * @property {string} lsn the server position this database has applied (`H/L`)
+ * @property {number} pending local changes the server has not acknowledged
+ * @property {string|null} lastError the last sync or worker error
+ * @property {number|null} reconnectIn seconds until the next reconnect attempt
+ * @property {{table: string, chunk: number, total: number, rows: number}|null} initProgress
+ * @property {Record<string, number>} timings milliseconds since `open()`: workers, ready, live
+ */
+
+/** An error raised in Python, carried to the page with its message and type. */
+export class TideSyncError extends Error {
+  /** @param {string} message @param {string} [pythonType] */
+  constructor(message, pythonType = "Error") {
+    super(message);
+    this.name = "TideSyncError";
+    this.pythonType = pythonType;
+  }
+}
+
+/** @param {{type?: string, message?: string}|undefined} error */
+function toError(error) {
+  return new TideSyncError(error?.message ?? "unknown error", error?.type);
+}
+
+/** Request/response over a Worker or MessagePort; `{id, cmd, args}` -> `{id, ok, result|error}`. */
+class Rpc {
+  /** @param {{postMessage: Function}} target @param {(data: any) => void} onEvent */
+  constructor(target, onEvent) {
+    this.target = target;
+    this.onEvent = onEvent;
+    this.nextId = 1;
+    /** @type {Map<number, {resolve: Function, reject: Function}>} */
+    this.waiting = new Map();
+  }
+
+  /** @param {string} cmd @param {any} [args] */
+  call(cmd, args = {}) {
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      this.waiting.set(id, { resolve, reject });
+      this.target.postMessage({ id, cmd, args });
+    });
+  }
+
+  /** @param {any} data */
+  receive(data) {
+    if (data && typeof data.id === "number" && this.waiting.has(data.id)) {
+      const pending = this.waiting.get(data.id);
+      this.waiting.delete(data.id);
+      if (data.ok) pending?.resolve(data.result);
+      else pending?.reject(toError(data.error));
+    } else if (data && data.event) {
+      this.onEvent(data);
+    }
+  }
+
+  /** @param {Error} error */
+  failAll(error) {
+    for (const pending of this.waiting.values()) pending.reject(error);
+    this.waiting.clear();
+  }
+}
+
+export class TideSync {
+  /**
+   * Open (or create) a database and start syncing it.
+   * Resolves as soon as local data is readable, before the server is reached.
+   * @param {OpenOptions} [options]
+   * @returns {Promise<TideSync>}
+   */
+  static async open(options = {}) {
+    const db = new TideSync(options);
+    await db._start();
+    return db;
+  }
+
+  /** @param {OpenOptions} options */
+  constructor(options) {
+    const here = new URL(".", import.meta.url);
+    const wsBase = location.origin.replace(/^http/, "ws");
+    this.options = {
+      name: options.name ?? "tidesync",
+      url: options.url ?? `${wsBase}/api/sync`,
+      schema: options.schema ?? null,
+      siteBase: options.siteBase ?? new URL("../", here).href,
+      heartbeatInterval: options.heartbeatInterval ?? 5,
+      sync: options.sync ?? true,
+      multiTab: options.multiTab ?? true,
+    };
+    this.t0 = performance.now();
+    this.tabId = crypto.randomUUID();
+    /** @type {SyncStatus} */
+    this._status = {
+      role: "starting", ready: false, connected: false, phase: "starting", lsn: "0/0",
+      pending: 0, lastError: null, reconnectIn: null, initProgress: null, timings: {},
+    };
+    /** @type {Map<string, Set<Function>>} */
+    this._listeners = new Map();
+    /** @type {Map<string, {sql: string, params: any[], callback: Function}>} */
+    this._subs = new Map();
+    this._nextSub = 1;
+    /** @type {Rpc|null} */
+    this._rpc = null;
+    /** @type {Rpc|null} follower's line to the leader tab */
+    this._leaderRpc = null;
+    /** @type {Worker[]} */
+    this._workers = [];
+    /** @type {BroadcastChannel|null} */
+    this._channel = null;
+    this._closed = false;
+    /** @type {() => void} */
+    this._releaseLock = () => {};
+    /** @type {((value: unknown) => void) | null} */
+    this._onReady = null;
+    /** @type {((error: Error) => void) | null} */
+    this._onFatal = null;
+  }
+
+  // --- reading and writing -------------------------------------------------------------
+
+  /** @param {string} sql @param {any[]} [params] @returns {Promise<Record<string, any>[]>} */
+  query(sql, params = []) { return this._call("query", { sql, params }); }
+
+  /**
+   * Raw SQL. Writes to synced tables are recorded and synced like the typed calls.
+   * @param {string} sql @param {any[]} [params]
+   * @returns {Promise<{rowsAffected: number, lastInsertRowid: number|null}>}
+   */
+  execute(sql, params = []) { return this._call("execute", { sql, params }); }
+
+  /** @param {string} table @param {Record<string, any>} row */
+  insert(table, row) { return this._call("insert", { table, row }); }
+  /** @param {string} table @param {Record<string, any>} row primary key plus the columns to change */
+  update(table, row) { return this._call("update", { table, row }); }
+  /** @param {string} table @param {Record<string, any>} row at least the primary key */
+  delete(table, row) { return this._call("delete", { table, row }); }
+  /** @param {string} table @param {Record<string, any>} row */
+  upsert(table, row) { return this._call("upsert", { table, row }); }
+
+  /**
+   * Several writes, all or nothing. The callback queues writes on `tx`; they are
+   * committed together when it resolves, and none of them if it throws.
+   * @param {(tx: {insert: Function, update: Function, delete: Function, upsert: Function, execute: Function}) => any} fn
+   */
+  async transaction(fn) {
+    /** @type {any[]} */
+    const ops = [];
+    /** @param {string} op */
+    const queue = (op) => (/** @type {any} */ a, /** @type {any} */ b) =>
+      ops.push(op === "execute" ? { op, sql: a, params: b ?? [] } : { op, table: a, row: b });
+    const tx = {
+      insert: queue("insert"), update: queue("update"), delete: queue("delete"),
+      upsert: queue("upsert"), execute: queue("execute"),
+    };
+    const value = await fn(tx);
+    if (ops.length) await this._call("transaction", { ops });
+    return value;
+  }
+
+  /**
+   * Live query: `callback(rows)` now and whenever a table the query reads changes
+   * (local writes, other tabs, the server). Returns a function that stops it.
+   * @param {string} sql @param {any[]} params @param {(rows: Record<string, any>[]) => void} callback
+   */
+  subscribe(sql, params, callback) {
+    const subId = `${this.tabId}:${this._nextSub++}`;
+    this._subs.set(subId, { sql, params: params ?? [], callback });
+    this._call("subscribe", { subId, sql, params: params ?? [] }).catch((err) => {
+      this._subs.delete(subId);
+      this._emit("error", err);
+    });
+    return () => {
+      if (this._subs.delete(subId)) this._call("unsubscribe", { subId }).catch(() => {});
+    };
+  }
+
+  /** Local changes not yet acknowledged by the server, oldest first. */
+  pendingChanges() { return this._call("pendingChanges", {}); }
+
+  /**
+   * The `local_changes` history (the inspector's view).
+   * @param {{limit?: number, offset?: number, state?: string}} [options]
+   */
+  localChanges(options = {}) { return this._call("localChanges", options); }
+
+  /** Drop the socket and stay offline (edits keep working and sync later). */
+  goOffline() { return this._call("setOnline", { online: false }); }
+  goOnline() { return this._call("setOnline", { online: true }); }
+
+  /** @returns {SyncStatus} */
+  get status() { return { ...this._status }; }
+
+  /**
+   * `"status"` (SyncStatus), `"change"` ({tables, source}), `"conflict"` (a local edit
+   * that lost last-write-wins), `"error"` (TideSyncError). Returns an unsubscribe function.
+   * @param {string} event @param {Function} fn
+   */
+  on(event, fn) {
+    if (!this._listeners.has(event)) this._listeners.set(event, new Set());
+    this._listeners.get(event)?.add(fn);
+    return () => this._listeners.get(event)?.delete(fn);
+  }
+
+  /** Stop syncing, close the database and release it to other tabs. */
+  async close() {
+    if (this._closed) return;
+    this._closed = true;
+    if (this._rpc) {
+      try { await this._rpc.call("close", {}); } catch { /* already gone */ }
+    }
+    for (const worker of this._workers) worker.terminate();
+    this._rpc?.failAll(new TideSyncError("database closed"));
+    this._leaderRpc?.failAll(new TideSyncError("database closed"));
+    this._channel?.close();
+    this._releaseLock();
+  }
+
+  // --- internals ---------------------------------------------------------------------
+
+  /** @param {string} cmd @param {any} args */
+  _call(cmd, args) {
+    if (this._closed) return Promise.reject(new TideSyncError("database closed"));
+    const rpc = this._rpc ?? this._leaderRpc;
+    if (!rpc) return Promise.reject(new TideSyncError("database is not open yet"));
+    return rpc.call(cmd, args);
+  }
+
+  /** @param {string} event @param {any} value */
+  _emit(event, value) {
+    for (const fn of this._listeners.get(event) ?? []) {
+      try { fn(value); } catch (err) { console.error(err); }
+    }
+  }
+
+  /** @param {Partial<SyncStatus>} patch */
+  _setStatus(patch) {
+    this._status = { ...this._status, ...patch, timings: { ...this._status.timings, ...(patch.timings ?? {}) } };
+    if (this._status.phase === "live" && this._status.timings.live === undefined) {
+      this._status.timings.live = Math.round(performance.now() - this.t0);
+    }
+    this._emit("status", this.status);
+  }
+
+  async _start() {
+    const lockName = `tidesync:${this.options.name}`;
+    if (!this.options.multiTab || !navigator.locks) {
+      await this._becomeLeader();
+      return;
+    }
+    const held = new Promise((resolve) => { this._releaseLock = () => resolve(undefined); });
+    const gotIt = await new Promise((resolve) => {
+      navigator.locks.request(lockName, { ifAvailable: true }, async (lock) => {
+        resolve(Boolean(lock));
+        if (lock) await held;
+      });
+    });
+    if (gotIt) {
+      await this._becomeLeader();
+      return;
+    }
+    await this._becomeFollower();
+    // Wait in line; when the owning tab closes, its lock is released and we take over.
+    navigator.locks.request(lockName, async () => {
+      if (this._closed) return;
+      await this._takeOver();
+      await held;
+    });
+  }
+
+  async _becomeLeader() {
+    const opts = this.options;
+    const config = {
+      name: opts.name, url: opts.url, schema: opts.schema, siteBase: opts.siteBase,
+      heartbeatInterval: opts.heartbeatInterval, sync: opts.sync,
+    };
+    const changes = new Worker(new URL("./changes.worker.mjs", import.meta.url), { type: "module", name: "tidesync-changes" });
+    this._workers.push(changes);
+    const channel = new MessageChannel();
+    this._rpc = new Rpc(changes, (data) => this._onWorkerEvent(data));
+    changes.onmessage = (ev) => this._rpc?.receive(ev.data);
+    const ready = new Promise((resolve, reject) => { this._onReady = resolve; this._onFatal = reject; });
+    changes.postMessage({ kind: "init", config }, [channel.port1]);
+    if (opts.sync) {
+      const sync = new Worker(new URL("./sync.worker.mjs", import.meta.url), { type: "module", name: "tidesync-sync" });
+      this._workers.push(sync);
+      sync.onmessage = (ev) => { if (ev.data?.event === "fatal") this._onWorkerEvent(ev.data); };
+      sync.postMessage({ kind: "init", config }, [channel.port2]);
+    }
+    this._setStatus({ role: "leader" });
+    this._serveFollowers();
+    await ready;
+  }
+
+  /** @param {any} data */
+  _onWorkerEvent(data) {
+    switch (data.event) {
+      case "ready":
+        this._setStatus({ ready: true, timings: { ...(data.timings ?? {}), ready: Math.round(performance.now() - this.t0) } });
+        this._onReady?.(undefined);
+        break;
+      case "fatal": {
+        const err = toError(data.error);
+        this._setStatus({ lastError: err.message });
+        this._emit("error", err);
+        this._onFatal?.(err);
+        break;
+      }
+      case "status":
+        this._setStatus(data.status);
+        break;
+      case "query_result": {
+        const sub = this._subs.get(data.subId);
+        if (sub) sub.callback(data.rows);
+        break;
+      }
+      case "tables_changed":
+        this._emit("change", { tables: data.tables, source: data.source });
+        break;
+      case "conflict":
+        this._emit("conflict", data.change);
+        break;
+      default:
+        break;
+    }
+    if (this._status.role === "leader" && this._channel && data.event !== "ready") {
+      this._channel.postMessage({ type: "event", data });
+    }
+  }
+
+  /** Leader: answer other tabs' requests through our Changes Worker. */
+  _serveFollowers() {
+    if (typeof BroadcastChannel === "undefined" || !this.options.multiTab) return;
+    this._channel?.close();
+    this._channel = new BroadcastChannel(`tidesync:${this.options.name}`);
+    this._channel.onmessage = async (ev) => {
+      const msg = ev.data;
+      if (msg?.type !== "req" || !this._rpc) return;
+      try {
+        const result = await this._rpc.call(msg.cmd, msg.args);
+        this._channel?.postMessage({ type: "res", to: msg.from, id: msg.id, ok: true, result });
+      } catch (err) {
+        const e = /** @type {TideSyncError} */ (err);
+        this._channel?.postMessage({ type: "res", to: msg.from, id: msg.id, ok: false, error: { type: e.pythonType ?? e.name, message: e.message } });
+      }
+    };
+  }
+
+  /** Follower: every call goes to the leader tab over the BroadcastChannel. */
+  async _becomeFollower() {
+    this._channel = new BroadcastChannel(`tidesync:${this.options.name}`);
+    const channel = this._channel;
+    this._leaderRpc = new Rpc(
+      { postMessage: (/** @type {any} */ m) => channel.postMessage({ type: "req", from: this.tabId, ...m }) },
+      () => {},
+    );
+    channel.onmessage = (ev) => {
+      const msg = ev.data;
+      if (msg?.type === "res" && msg.to === this.tabId) this._leaderRpc?.receive(msg);
+      else if (msg?.type === "event") this._onFollowerEvent(msg.data);
+    };
+    this._setStatus({ role: "follower" });
+    const status = await Promise.race([
+      this._leaderRpc.call("status", {}),
+      new Promise((resolve) => setTimeout(() => resolve(null), 15000)),
+    ]);
+    if (status) this._setStatus({ ...status, role: "follower", ready: true, timings: { ready: Math.round(performance.now() - this.t0) } });
+    else this._setStatus({ lastError: "another tab owns this database and did not answer" });
+  }
+
+  /** @param {any} data */
+  _onFollowerEvent(data) {
+    if (data.event === "status") this._setStatus({ ...data.status, role: "follower" });
+    else if (data.event === "query_result") this._subs.get(data.subId)?.callback(data.rows);
+    else if (data.event === "tables_changed") this._emit("change", { tables: data.tables, source: data.source });
+    else if (data.event === "conflict") this._emit("conflict", data.change);
+  }
+
+  /** The owning tab closed: open the file here, re-run our live queries. */
+  async _takeOver() {
+    const old = this._leaderRpc;
+    this._leaderRpc = null;
+    old?.failAll(new TideSyncError("the tab that owned the database closed before answering; retry"));
+    this._channel?.close();
+    this._channel = null;
+    await this._becomeLeader();
+    for (const [subId, sub] of this._subs) {
+      this._call("subscribe", { subId, sql: sub.sql, params: sub.params }).catch((err) => this._emit("error", err));
+    }
+  }
+}
+
+export default TideSync;
