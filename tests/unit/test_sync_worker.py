@@ -1,0 +1,331 @@
+"""SyncWorker: routing between socket, phases, local changes and status.
+
+The socket is an in-memory fake of the ``Transport`` interface and the test
+plays the server; the Changes side is ``FakePort``.  Short backoff, long
+heartbeats (except where heartbeats are the point) keep it fast and quiet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from fake_port import FakePort
+
+from tidesync.worker_sync.shared.message_types import (
+    ChangeResult,
+    ChangeStatus,
+    CltChangesApplied,
+    CltHeartbeat,
+    CltInitProcessed,
+    CltInitReceived,
+    CltSendChanges,
+    InitSequence,
+    Message,
+    Operation,
+    SrvCatchupCompleted,
+    SrvChangesApplied,
+    SrvError,
+    SrvInitChanges,
+    SrvInitComplete,
+    SrvInitStart,
+    SrvLiveChanges,
+    TableChange,
+    decode_message,
+    encode_message,
+    make,
+)
+from tidesync.worker_sync.worker_thread.connection_manager import BackoffPolicy
+from tidesync.worker_sync.worker_thread.status import SyncPhase, SyncStatus
+from tidesync.worker_sync.worker_thread.sync_worker import SyncWorker, build_sync_url
+from tidesync.worker_sync.worker_thread.transport import TransportClosed
+
+CID = "client-a"
+FAST = BackoffPolicy(base=0.01, cap=0.05, fatal_delay=0.05, healthy_after=1000.0)
+WAIT = 5.0  # upper bound for "eventually"; never an assertion about speed
+
+
+class FakeSocket:
+    def __init__(self, network: FakeNetwork) -> None:
+        self.network = network
+        self.url = ""
+        self.inbox: asyncio.Queue[str | TransportClosed] = asyncio.Queue()
+        self.outbox: asyncio.Queue[Message] = asyncio.Queue()
+        self.closed: tuple[int, str] | None = None
+
+    async def open(self, url: str) -> None:
+        self.url = url
+        if self.network.refuse:
+            raise ConnectionRefusedError("refused")
+
+    async def send(self, text: str) -> None:
+        if self.closed:
+            raise TransportClosed(*self.closed)
+        self.outbox.put_nowait(decode_message(text, expect="clt"))
+
+    async def recv(self) -> str:
+        item = await self.inbox.get()
+        if isinstance(item, TransportClosed):
+            raise item
+        return item
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        if self.closed is None:
+            self.closed = (code, reason)
+            self.inbox.put_nowait(TransportClosed(code, reason))
+
+    # --- the test's side (the server) ---
+
+    def push(self, cls: type[Message], **values: Any) -> None:
+        self.inbox.put_nowait(encode_message(make(cls, CID, 1_790_000_000_000, **values)))
+
+    def drop(self, code: int = 1006, reason: str = "") -> None:
+        self.closed = (code, reason)
+        self.inbox.put_nowait(TransportClosed(code, reason))
+
+    async def expect(self, cls: type[Message]) -> Any:
+        """The next message of type ``cls`` the client sent (heartbeats skipped)."""
+        while True:
+            message = await asyncio.wait_for(self.outbox.get(), WAIT)
+            if isinstance(message, cls):
+                return message
+            assert isinstance(message, CltHeartbeat), f"unexpected {message}"
+
+
+class FakeNetwork:
+    def __init__(self) -> None:
+        self.sockets: list[FakeSocket] = []
+        self.new_socket: asyncio.Queue[FakeSocket] = asyncio.Queue()
+        self.refuse = False
+
+    def factory(self) -> FakeSocket:
+        sock = FakeSocket(self)
+        self.sockets.append(sock)
+        self.new_socket.put_nowait(sock)
+        return sock
+
+    async def next_socket(self) -> FakeSocket:
+        return await asyncio.wait_for(self.new_socket.get(), WAIT)
+
+
+def worker(port: FakePort, net: FakeNetwork, **kw: Any) -> SyncWorker:
+    kw.setdefault("heartbeat_interval", 30.0)
+    return SyncWorker(port, net.factory, url="ws://x/api/sync", backoff=FAST, **kw)
+
+
+async def until(worker: SyncWorker, predicate: Any) -> SyncStatus:
+    async def poll() -> SyncStatus:
+        while not predicate(worker.status):
+            await asyncio.sleep(0.005)
+        return worker.status
+
+    return await asyncio.wait_for(poll(), WAIT)
+
+
+async def go_live(sock: FakeSocket, lsn: int = 5) -> None:
+    sock.push(SrvCatchupCompleted, start_lsn=lsn, final_lsn=lsn, change_count=0)
+
+
+def change(cid: str) -> TableChange:
+    return TableChange(
+        id=cid,
+        table="tasks",
+        operation=Operation.INSERT,
+        data={"id": cid},
+        updated_at="2026-11-25T10:00:00.000Z",
+    )
+
+
+def test_url_carries_client_id_and_lsn() -> None:
+    assert build_sync_url("ws://h/api/sync", "c 1", 0x1_0000_001A) == (
+        "ws://h/api/sync?clientId=c%201&lsn=1/1A"
+    )
+    assert build_sync_url("ws://h/s?token=t", "c", 0).endswith("?token=t&clientId=c&lsn=0/0")
+
+
+async def test_fresh_client_does_initial_sync_then_goes_live() -> None:
+    port, net = FakePort(), FakeNetwork()
+    w = worker(port, net)
+    phases: list[SyncPhase] = []
+    w.on_status(lambda s: phases.append(s.phase))
+    await w.start()
+    sock = await net.next_socket()
+    assert sock.url.endswith("clientId=client-a&lsn=0/0")
+    sock.push(SrvInitStart, server_lsn=7)
+    sock.push(
+        SrvInitChanges,
+        changes=(change("r1"), change("r2")),
+        sequence=InitSequence("tasks", 1, 1),
+    )
+    ack = await sock.expect(CltInitReceived)
+    assert (ack.table, ack.chunk) == ("tasks", 1)
+    sock.push(SrvInitComplete, server_lsn=7)
+    await sock.expect(CltInitProcessed)
+    await go_live(sock, 7)
+    status = await w.wait_until_synced(WAIT)
+    assert status.lsn == 7 and status.connected
+    assert set(port.rows["tasks"]) == {"r1", "r2"}
+    assert phases.index(SyncPhase.INITIAL) < phases.index(SyncPhase.CATCHUP)
+    assert phases.index(SyncPhase.CATCHUP) < phases.index(SyncPhase.LIVE)
+    await w.stop()
+    assert sock.closed == (1000, "client stopped")
+
+
+async def test_local_changes_wait_for_live_then_go_one_batch_at_a_time() -> None:
+    port, net = FakePort(lsn=5), FakeNetwork()
+    for i in range(3):
+        port.add_local(f"L{i}")
+    w = worker(port, net, batch_size=2)
+    await w.start()
+    sock = await net.next_socket()
+    await go_live(sock)
+    first = await sock.expect(CltSendChanges)
+    assert [c.id for c in first.changes] == ["L0", "L1"]
+    w.notify_local_change()  # must not start a second batch while one is in flight
+    sock.push(
+        SrvChangesApplied,
+        applied_changes=("L0", "L1"),
+        results=tuple(ChangeResult(id=i, status=ChangeStatus.APPLIED, lsn=6) for i in ("L0", "L1")),
+    )
+    second = await sock.expect(CltSendChanges)
+    assert [c.id for c in second.changes] == ["L2"]
+    sock.push(
+        SrvChangesApplied,
+        applied_changes=("L2",),
+        results=(ChangeResult(id="L2", status=ChangeStatus.APPLIED, lsn=7),),
+    )
+    status = await w.wait_until_synced(WAIT)
+    assert status.pending == 0
+    assert port.called("mark_sent") == [["L0", "L1"], ["L2"]]
+    await w.stop()
+
+
+async def test_change_committed_while_live_is_sent_after_notify() -> None:
+    port, net = FakePort(lsn=5), FakeNetwork()
+    w = worker(port, net)
+    await w.start()
+    sock = await net.next_socket()
+    await go_live(sock)
+    await w.wait_until_synced(WAIT)
+    port.add_local("new")
+    w.notify_local_change()
+    sent = await sock.expect(CltSendChanges)
+    assert [c.id for c in sent.changes] == ["new"]
+    await w.stop()
+
+
+async def test_batch_in_flight_is_resent_after_reconnect() -> None:
+    port, net = FakePort(lsn=5), FakeNetwork()
+    port.add_local("L0")
+    w = worker(port, net)
+    await w.start()
+    sock = await net.next_socket()
+    await go_live(sock)
+    await sock.expect(CltSendChanges)
+    sock.drop(1006)
+    sock2 = await net.next_socket()
+    await go_live(sock2)
+    resent = await sock2.expect(CltSendChanges)
+    assert [c.id for c in resent.changes] == ["L0"]
+    await w.stop()
+
+
+async def test_live_batch_is_applied_and_acknowledged() -> None:
+    port, net = FakePort(lsn=5), FakeNetwork()
+    w = worker(port, net)
+    await w.start()
+    sock = await net.next_socket()
+    await go_live(sock)
+    sock.push(SrvLiveChanges, changes=(change("s1"),), last_lsn=9)
+    ack = await sock.expect(CltChangesApplied)
+    assert ack.change_ids == ("s1",) and ack.last_lsn == 9
+    assert (await until(w, lambda s: s.lsn == 9)).lsn == 9
+    await w.stop()
+
+
+async def test_lsn_ahead_reconnects_from_zero_and_keeps_local_changes() -> None:
+    port, net = FakePort(lsn=500), FakeNetwork()
+    port.add_local("mine")
+    w = worker(port, net)
+    await w.start()
+    sock = await net.next_socket()
+    assert sock.url.endswith("lsn=0/1F4")
+    sock.push(SrvError, code="lsn_ahead", error="server was restored")
+    sock2 = await net.next_socket()
+    assert sock2.url.endswith("lsn=0/0")
+    assert sock.closed is not None
+    sock2.push(SrvInitStart, server_lsn=0)
+    sock2.push(SrvInitComplete, server_lsn=0)
+    await sock2.expect(CltInitProcessed)
+    await go_live(sock2, 0)
+    sent = await sock2.expect(CltSendChanges)
+    assert [c.id for c in sent.changes] == ["mine"]
+    await w.stop()
+
+
+async def test_replaced_connection_is_not_reopened() -> None:
+    port, net = FakePort(lsn=5), FakeNetwork()
+    w = worker(port, net)
+    await w.start()
+    sock = await net.next_socket()
+    await go_live(sock)
+    sock.drop(4409, "replaced")
+    status = await until(w, lambda s: not s.connected and s.last_error)
+    assert "4409" in (status.last_error or "")
+    assert status.reconnect_in is None
+    await asyncio.sleep(0.1)  # several backoff periods of FAST: still one socket
+    assert len(net.sockets) == 1
+    await w.stop()
+
+
+async def test_refused_connections_are_retried_with_backoff() -> None:
+    port, net = FakePort(lsn=5), FakeNetwork()
+    net.refuse = True
+    w = worker(port, net)
+    await w.start()
+    for _ in range(3):
+        await net.next_socket()
+    net.refuse = False
+    sock = await net.next_socket()
+    await go_live(sock)
+    await w.wait_until_synced(WAIT)
+    await w.stop()
+
+
+async def test_offline_closes_and_online_reconnects() -> None:
+    port, net = FakePort(lsn=5), FakeNetwork()
+    w = worker(port, net)
+    await w.start()
+    sock = await net.next_socket()
+    await go_live(sock)
+    await w.wait_until_synced(WAIT)
+    w.go_offline()
+    status = await until(w, lambda s: not s.connected)
+    assert status.phase is SyncPhase.DISCONNECTED and sock.closed is not None
+    w.go_online()
+    sock2 = await net.next_socket()
+    await go_live(sock2)
+    await w.wait_until_synced(WAIT)
+    await w.stop()
+
+
+async def test_silent_server_is_declared_dead_and_replaced_by_a_new_socket() -> None:
+    port, net = FakePort(lsn=5), FakeNetwork()
+    w = worker(port, net, heartbeat_interval=0.02)
+    await w.start()
+    sock = await net.next_socket()
+    heartbeat = await asyncio.wait_for(sock.outbox.get(), WAIT)
+    assert isinstance(heartbeat, CltHeartbeat) and heartbeat.lsn == 5
+    await net.next_socket()  # nobody answered: dead peer, reconnect
+    assert sock.closed is not None and sock.closed[0] == 4000
+    await w.stop()
+
+
+async def test_wait_until_synced_times_out_with_the_status() -> None:
+    port, net = FakePort(lsn=5), FakeNetwork()
+    w = worker(port, net)
+    await w.start()
+    with pytest.raises(TimeoutError, match="not synced"):
+        await w.wait_until_synced(0.05)
+    await w.stop()
