@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from enum import StrEnum
 from typing import Any, ClassVar, TypeVar
@@ -67,7 +67,10 @@ __all__ = [
     "TableChange",
     "decode_message",
     "encode_message",
+    "make",
     "new_message_id",
+    "results_from_wire",
+    "results_to_wire",
 ]
 
 JsonValue = str | int | float | bool | None
@@ -672,3 +675,13 @@ def encode_message(message: Message) -> str:
 def make(cls: type[M], client_id: str, now_ms: int, **values: Any) -> M:
     """Build a message with fresh common fields: ``make(SrvHeartbeat, cid, now)``."""
     return cls(client_id=client_id, message_id=new_message_id(), timestamp=now_ms, **values)
+
+
+def results_to_wire(results: Sequence[ChangeResult]) -> list[dict[str, Any]]:
+    """``ChangeResult``s as JSON-able dicts (the ``results`` field's encoding)."""
+    return _enc_results(tuple(results))
+
+
+def results_from_wire(raw: Any, path: str = "results") -> tuple[ChangeResult, ...]:
+    """Validated ``ChangeResult``s from JSON-able dicts; raises ``ProtocolError``."""
+    return _dec_results(raw, path)

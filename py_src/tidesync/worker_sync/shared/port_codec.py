@@ -1,0 +1,195 @@
+"""``ChangesPort`` calls as plain JSON-able messages, for the MessageChannel between workers.
+
+In the browser the Sync Worker and the Changes Worker are separate Pyodide
+instances; a ``ChangesPort`` call crosses a MessageChannel as
+``{cmd: "port.<method>", args: {...}}`` and its answer comes back the same way.
+``RemoteChangesPort`` is the Sync side's end (it implements ``ChangesPort`` over
+any async ``call(cmd, args)``), ``dispatch_port_call`` the Changes side's end.
+Both are pure Python, so the pair is tested natively by connecting them in one
+process; the browser only supplies the ``call`` that posts a message.
+
+Everything arriving here crossed a boundary and is validated: changes and
+results are decoded with the wire codecs of ``message_types``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from tidesync.worker_sync.shared.changes_port import ApplyOutcome, ChangesPort, LocalState
+from tidesync.worker_sync.shared.message_types import (
+    ChangeResult,
+    ErrorCode,
+    ProtocolError,
+    TableChange,
+    results_from_wire,
+    results_to_wire,
+)
+
+__all__ = ["PORT_PREFIX", "RemoteChangesPort", "dispatch_port_call", "is_port_call"]
+
+PORT_PREFIX = "port."
+Call = Callable[[str, dict[str, Any]], Awaitable[Any]]
+
+
+def is_port_call(cmd: object) -> bool:
+    return isinstance(cmd, str) and cmd.startswith(PORT_PREFIX)
+
+
+def _outcome_to_wire(outcome: ApplyOutcome) -> dict[str, Any]:
+    return {
+        "lsn": outcome.lsn,
+        "applied": outcome.applied,
+        "skipped": outcome.skipped,
+        "failed": outcome.failed,
+        "tables": list(outcome.tables),
+    }
+
+
+def _outcome_from_wire(raw: Any) -> ApplyOutcome:
+    if not isinstance(raw, dict):
+        raise _bad("result", "must be an object")
+    return ApplyOutcome(
+        lsn=_int(raw.get("lsn"), "lsn"),
+        applied=_int(raw.get("applied", 0), "applied"),
+        skipped=_int(raw.get("skipped", 0), "skipped"),
+        failed=_int(raw.get("failed", 0), "failed"),
+        tables=tuple(str(t) for t in raw.get("tables", ())),
+    )
+
+
+def _bad(field: str, what: str) -> ProtocolError:
+    return ProtocolError(ErrorCode.INVALID_FIELD, f"port field '{field}' {what}", field=field)
+
+
+def _int(value: Any, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
+        raise _bad(field, "must be an integer")
+    return int(value)
+
+
+def _changes(raw: Any, field: str = "changes") -> list[TableChange]:
+    if not isinstance(raw, list):
+        raise _bad(field, "must be a list of changes")
+    return [TableChange.from_wire(item, f"{field}[{i}]") for i, item in enumerate(raw)]
+
+
+def _changes_to_wire(changes: Sequence[TableChange]) -> list[dict[str, Any]]:
+    return [change.to_wire() for change in changes]
+
+
+class RemoteChangesPort:
+    """``ChangesPort`` whose every call is a message to the Changes Worker.
+
+    LSNs travel as integers (JS numbers are exact up to 2**53, far beyond any
+    log this server will write).
+    """
+
+    def __init__(self, call: Call) -> None:
+        self._call = call
+
+    async def local_state(self) -> LocalState:
+        raw = await self._call("port.local_state", {})
+        return LocalState(
+            client_id=str(raw["client_id"]),
+            lsn=_int(raw["lsn"], "lsn"),
+            pending_count=_int(raw["pending_count"], "pending_count"),
+            initialized=bool(raw["initialized"]),
+        )
+
+    async def observe_server_time(self, millis: int) -> None:
+        await self._call("port.observe_server_time", {"millis": millis})
+
+    async def begin_initial_sync(self, server_lsn: int) -> None:
+        await self._call("port.begin_initial_sync", {"server_lsn": server_lsn})
+
+    async def stage_initial_chunk(self, table: str, changes: Sequence[TableChange]) -> None:
+        args = {"table": table, "changes": _changes_to_wire(changes)}
+        await self._call("port.stage_initial_chunk", args)
+
+    async def commit_initial_sync(self, server_lsn: int) -> ApplyOutcome:
+        raw = await self._call("port.commit_initial_sync", {"server_lsn": server_lsn})
+        return _outcome_from_wire(raw)
+
+    async def abort_initial_sync(self) -> None:
+        await self._call("port.abort_initial_sync", {})
+
+    async def apply_server_changes(
+        self, changes: Sequence[TableChange], last_lsn: int, *, source: str
+    ) -> ApplyOutcome:
+        args = {"changes": _changes_to_wire(changes), "last_lsn": last_lsn, "source": source}
+        return _outcome_from_wire(await self._call("port.apply_server_changes", args))
+
+    async def advance_lsn(self, lsn: int) -> None:
+        await self._call("port.advance_lsn", {"lsn": lsn})
+
+    async def unsynced_changes(self, limit: int) -> list[TableChange]:
+        return _changes(await self._call("port.unsynced_changes", {"limit": limit}))
+
+    async def mark_sent(self, change_ids: Sequence[str]) -> None:
+        await self._call("port.mark_sent", {"change_ids": list(change_ids)})
+
+    async def record_results(self, results: Sequence[ChangeResult]) -> ApplyOutcome:
+        raw = await self._call("port.record_results", {"results": results_to_wire(results)})
+        return _outcome_from_wire(raw)
+
+    async def reset_for_reinit(self) -> None:
+        await self._call("port.reset_for_reinit", {})
+
+
+async def dispatch_port_call(port: ChangesPort, cmd: str, args: dict[str, Any]) -> Any:
+    """Run one ``port.*`` message on the real ``ChangesPort``; return a JSON-able answer."""
+    method = cmd[len(PORT_PREFIX) :] if is_port_call(cmd) else cmd
+    if method == "local_state":
+        state = await port.local_state()
+        return {
+            "client_id": state.client_id,
+            "lsn": state.lsn,
+            "pending_count": state.pending_count,
+            "initialized": state.initialized,
+        }
+    if method == "observe_server_time":
+        await port.observe_server_time(_int(args.get("millis"), "millis"))
+        return None
+    if method == "begin_initial_sync":
+        await port.begin_initial_sync(_int(args.get("server_lsn"), "server_lsn"))
+        return None
+    if method == "stage_initial_chunk":
+        table = args.get("table")
+        if not isinstance(table, str):
+            raise _bad("table", "must be a string")
+        await port.stage_initial_chunk(table, _changes(args.get("changes")))
+        return None
+    if method == "commit_initial_sync":
+        server_lsn = _int(args.get("server_lsn"), "server_lsn")
+        return _outcome_to_wire(await port.commit_initial_sync(server_lsn))
+    if method == "abort_initial_sync":
+        await port.abort_initial_sync()
+        return None
+    if method == "apply_server_changes":
+        outcome = await port.apply_server_changes(
+            _changes(args.get("changes")),
+            _int(args.get("last_lsn"), "last_lsn"),
+            source=str(args.get("source", "live")),
+        )
+        return _outcome_to_wire(outcome)
+    if method == "advance_lsn":
+        await port.advance_lsn(_int(args.get("lsn"), "lsn"))
+        return None
+    if method == "unsynced_changes":
+        changes = await port.unsynced_changes(_int(args.get("limit", 500), "limit"))
+        return _changes_to_wire(changes)
+    if method == "mark_sent":
+        ids = args.get("change_ids")
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise _bad("change_ids", "must be a list of strings")
+        await port.mark_sent(ids)
+        return None
+    if method == "record_results":
+        results = results_from_wire(args.get("results"), "results")
+        return _outcome_to_wire(await port.record_results(results))
+    if method == "reset_for_reinit":
+        await port.reset_for_reinit()
+        return None
+    raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown port call {cmd!r}", field="cmd")
