@@ -1,0 +1,296 @@
+"""The wire codec: every message round-trips; every refusal names its field."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tidesync.worker_sync.shared.message_types import (
+    MESSAGE_CLASSES,
+    ChangeResult,
+    ChangeStatus,
+    ChunkSequence,
+    CltCatchupReceived,
+    CltChangesApplied,
+    CltChangesReceived,
+    CltError,
+    CltHeartbeat,
+    CltInitProcessed,
+    CltInitReceived,
+    CltRequestChecksums,
+    CltSendChanges,
+    ErrorCode,
+    InitSequence,
+    Message,
+    MessageType,
+    Operation,
+    ProtocolError,
+    SrvCatchupChanges,
+    SrvCatchupCompleted,
+    SrvChangesApplied,
+    SrvChangesReceived,
+    SrvError,
+    SrvHeartbeat,
+    SrvInitChanges,
+    SrvInitComplete,
+    SrvInitStart,
+    SrvLiveChanges,
+    SrvLsnUpdate,
+    SrvTableChecksums,
+    TableChange,
+    decode_message,
+    encode_message,
+    make,
+)
+
+CID = "client-a"
+NOW = 1_790_000_000_000
+
+CHANGE = TableChange(
+    id="c1",
+    table="tasks",
+    operation=Operation.UPDATE,
+    data={"id": "t1", "title": "x", "done": True, "n": 1.5, "gone": None},
+    updated_at="2026-11-25T10:00:00.123Z",
+    lsn=0x1_0000_001F,
+    client_id="client-b",
+)
+LOCAL_CHANGE = TableChange(
+    id="c2",
+    table="tasks",
+    operation=Operation.DELETE,
+    data={"id": "t2"},
+    updated_at="2026-11-25T10:00:00.124Z",
+)
+
+EXAMPLES: dict[type[Message], dict[str, Any]] = {
+    SrvInitStart: {"server_lsn": 31},
+    SrvInitChanges: {"changes": (CHANGE,), "sequence": InitSequence("tasks", 1, 3)},
+    SrvInitComplete: {"server_lsn": 31},
+    SrvCatchupChanges: {"changes": (CHANGE,), "last_lsn": 40, "sequence": ChunkSequence(2, 5)},
+    SrvCatchupCompleted: {
+        "start_lsn": 1,
+        "final_lsn": 40,
+        "change_count": 9,
+        "success": False,
+        "error": "x",
+    },
+    SrvLiveChanges: {"changes": (CHANGE, LOCAL_CHANGE), "last_lsn": 41},
+    SrvLsnUpdate: {"lsn": 42},
+    SrvChangesReceived: {"change_ids": ("c1", "c2")},
+    SrvChangesApplied: {
+        "applied_changes": ("c1",),
+        "results": (
+            ChangeResult(id="c1", status=ChangeStatus.APPLIED, lsn=43),
+            ChangeResult(id="c2", status=ChangeStatus.SKIPPED, row={"id": "t2", "title": "s"}),
+            ChangeResult(id="c3", status=ChangeStatus.SKIPPED, row_deleted=True),
+            ChangeResult(id="c4", status=ChangeStatus.REJECTED, reason="unknown column"),
+        ),
+    },
+    SrvHeartbeat: {},
+    SrvError: {"code": "out_of_phase", "error": "nope", "ref_message_id": "m-1"},
+    SrvTableChecksums: {"lsn": 7, "checksums": {"tasks": "abc"}},
+    CltInitReceived: {"table": "tasks", "chunk": 3},
+    CltInitProcessed: {},
+    CltCatchupReceived: {"chunk": 2, "lsn": 40},
+    CltChangesReceived: {"change_ids": ("c1",)},
+    CltChangesApplied: {"change_ids": ("c1",), "last_lsn": 41},
+    CltSendChanges: {"changes": (LOCAL_CHANGE,)},
+    CltHeartbeat: {"lsn": 41, "active": False},
+    CltError: {"code": "invalid_json", "error": "bad"},
+    CltRequestChecksums: {"tables": ("tasks",)},
+}
+
+
+def wire(message_type: str, **fields: Any) -> str:
+    body = {"type": message_type, "messageId": "m-1", "timestamp": NOW, "clientId": CID}
+    body.update(fields)
+    return json.dumps(body)
+
+
+def refusal(text: str, expect: str | None = None) -> ProtocolError:
+    with pytest.raises(ProtocolError) as info:
+        decode_message(text, expect=expect)
+    return info.value
+
+
+def test_examples_cover_every_message_class() -> None:
+    assert set(EXAMPLES) == set(MESSAGE_CLASSES.values())
+
+
+@pytest.mark.parametrize("cls", list(EXAMPLES), ids=lambda c: c.TYPE.value)
+def test_every_message_round_trips(cls: type[Message]) -> None:
+    message = make(cls, CID, NOW, **EXAMPLES[cls])
+    text = encode_message(message)
+    assert json.loads(text)["type"] == cls.TYPE.value
+    assert decode_message(text) == message
+
+
+@pytest.mark.parametrize("cls", list(EXAMPLES), ids=lambda c: c.TYPE.value)
+def test_each_side_only_accepts_its_peer_messages(cls: type[Message]) -> None:
+    text = encode_message(make(cls, CID, NOW, **EXAMPLES[cls]))
+    side = cls.TYPE.value.split("_")[0]
+    other = "clt" if side == "srv" else "srv"
+    assert decode_message(text, expect=side).type is cls.TYPE
+    assert refusal(text, expect=other).code is ErrorCode.UNKNOWN_TYPE
+
+
+def test_lsn_and_wire_names_follow_the_protocol() -> None:
+    text = encode_message(make(SrvLiveChanges, CID, NOW, **EXAMPLES[SrvLiveChanges]))
+    raw = json.loads(text)
+    assert raw["lastLSN"] == "0/29"
+    assert raw["changes"][0]["lsn"] == "1/1F"
+    assert raw["changes"][0]["clientId"] == "client-b"
+    assert "lsn" not in raw["changes"][1]
+    assert set(raw) == {"type", "messageId", "timestamp", "clientId", "changes", "lastLSN"}
+
+
+def test_deleted_row_travels_as_null_and_absent_row_is_omitted() -> None:
+    text = encode_message(make(SrvChangesApplied, CID, NOW, **EXAMPLES[SrvChangesApplied]))
+    results = json.loads(text)["results"]
+    assert results[2]["row"] is None
+    assert "row" not in results[0]
+
+
+def test_encode_fills_message_id_and_timestamp() -> None:
+    raw = json.loads(encode_message(SrvHeartbeat(client_id=CID)))
+    assert raw["messageId"] and raw["timestamp"] > 0
+
+
+def test_timestamps_in_changes_are_normalized() -> None:
+    change = {
+        "id": "c",
+        "table": "t",
+        "operation": "insert",
+        "data": {"id": 1},
+        "updated_at": "2026-11-25T12:00:00+02:00",
+    }
+    msg = decode_message(wire("clt_send_changes", changes=[change]))
+    assert isinstance(msg, CltSendChanges)
+    assert msg.changes[0].updated_at == "2026-11-25T10:00:00.000Z"
+
+
+def test_invalid_json_is_refused() -> None:
+    assert refusal("{nope").code is ErrorCode.INVALID_JSON
+
+
+@pytest.mark.parametrize("text", ["[]", "3", '"x"'])
+def test_a_frame_must_be_an_object(text: str) -> None:
+    assert refusal(text).code is ErrorCode.INVALID_MESSAGE
+
+
+def test_deep_nesting_is_refused() -> None:
+    deep: Any = {}
+    for _ in range(40):
+        deep = {"x": deep}
+    assert refusal(wire("srv_heartbeat", extra=deep)).code is ErrorCode.INVALID_MESSAGE
+
+
+def test_missing_type_names_the_field() -> None:
+    error = refusal(json.dumps({"messageId": "m-9"}))
+    assert (error.code, error.field, error.ref_message_id) == (
+        ErrorCode.MISSING_FIELD,
+        "type",
+        "m-9",
+    )
+
+
+def test_unknown_type_names_the_field() -> None:
+    error = refusal(wire("srv_bogus"))
+    assert (error.code, error.field) == (ErrorCode.UNKNOWN_TYPE, "type")
+
+
+@pytest.mark.parametrize("common", ["messageId", "timestamp", "clientId"])
+def test_missing_common_field_is_named(common: str) -> None:
+    raw = json.loads(wire("srv_heartbeat"))
+    del raw[common]
+    error = refusal(json.dumps(raw))
+    assert (error.code, error.field) == (ErrorCode.MISSING_FIELD, common)
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        (wire("srv_lsn_update"), "lsn"),
+        (wire("srv_init_changes", changes=[]), "sequence"),
+        (
+            wire("srv_init_changes", changes=[], sequence={"table": "t", "chunk": 1}),
+            "sequence.total",
+        ),
+        (
+            wire(
+                "clt_send_changes",
+                changes=[{"id": "c", "table": "t", "operation": "insert", "data": {"id": 1}}],
+            ),
+            "changes[0].updated_at",
+        ),
+    ],
+)
+def test_missing_field_is_named_with_its_path(text: str, field: str) -> None:
+    error = refusal(text)
+    assert (error.code, error.field, error.ref_message_id) == (
+        ErrorCode.MISSING_FIELD,
+        field,
+        "m-1",
+    )
+    assert field in error.message
+
+
+GOOD_CHANGE = {
+    "id": "c",
+    "table": "t",
+    "operation": "insert",
+    "data": {"id": 1},
+    "updated_at": "2026-11-25T10:00:00.000Z",
+}
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        (wire("srv_lsn_update", lsn="12"), "lsn"),
+        (wire("srv_lsn_update", lsn=12), "lsn"),
+        (wire("srv_heartbeat", timestamp=-1), "timestamp"),
+        (wire("srv_heartbeat", timestamp="now"), "timestamp"),
+        (wire("srv_heartbeat", clientId=""), "clientId"),
+        (wire("srv_heartbeat", clientId="x" * 200), "clientId"),
+        (wire("srv_changes_received", changeIds="c1"), "changeIds"),
+        (wire("srv_changes_received", changeIds=["c1", 2]), "changeIds[1]"),
+        (wire("clt_heartbeat", lsn="0/1", active="yes"), "active"),
+        (wire("clt_init_received", table="t", chunk=True), "chunk"),
+        (
+            wire("clt_send_changes", changes=[{**GOOD_CHANGE, "operation": "upsert"}]),
+            "changes[0].operation",
+        ),
+        (wire("clt_send_changes", changes=[{**GOOD_CHANGE, "data": {}}]), "changes[0].data"),
+        (
+            wire("clt_send_changes", changes=[GOOD_CHANGE, {**GOOD_CHANGE, "data": [1]}]),
+            "changes[1].data",
+        ),
+        (
+            wire("clt_send_changes", changes=[{**GOOD_CHANGE, "updated_at": "soon"}]),
+            "changes[0].updated_at",
+        ),
+        (wire("clt_send_changes", changes=[{**GOOD_CHANGE, "lsn": "x"}]), "changes[0].lsn"),
+        (
+            wire(
+                "srv_changes_applied", appliedChanges=[], results=[{"id": "c", "status": "maybe"}]
+            ),
+            "results[0].status",
+        ),
+        (
+            wire("srv_catchup_completed", startLSN="0/0", finalLSN="0/1", changeCount=-1),
+            "changeCount",
+        ),
+    ],
+)
+def test_invalid_field_is_named_with_its_path(text: str, field: str) -> None:
+    error = refusal(text)
+    assert (error.code, error.field) == (ErrorCode.INVALID_FIELD, field)
+    assert field in error.message
+
+
+def test_every_message_type_has_a_class() -> None:
+    assert set(MESSAGE_CLASSES) == set(MessageType)
