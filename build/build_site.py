@@ -1,0 +1,230 @@
+#!/usr/bin/env python3
+"""Assemble the servable static site in ``_site/`` (``make site``).
+
+Layout produced::
+
+    _site/
+      index.html ...          copied from web_demo/ (the demo page, if any)
+      manifest.json           {"pyodide", "wheel": "wheels/<file>.whl", "version"}
+      pyodide/                pyodide.mjs, pyodide.asm.mjs, pyodide.asm.wasm,
+                              python_stdlib.zip, pyodide-lock.json (npm package, pinned)
+      wheels/tidesync-*.whl   the pure-Python wheel built from this repository
+      js/                     js_shim/ (worker bootstraps, OPFS file system, page API)
+
+Pyodide comes from the npm package ``pyodide`` pinned in build/package.json and
+build/package-lock.json; ``npm ci --prefix build`` runs only when the installed
+tree does not match the lock (a stamp file in node_modules records the lock hash).
+
+The wheel is rebuilt only when the hash of its inputs (pyproject.toml and every
+file under py_src/) changes. Workers install it without micropip: they fetch it
+and call ``pyodide.unpackArchive(buffer, "wheel")`` (see js_shim/boot.mjs).
+
+Idempotent: running it twice with nothing changed copies nothing and runs neither
+npm nor pip.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD = ROOT / "build"
+SITE = Path(os.environ.get("TIDESYNC_SITE_DIR", ROOT / "_site"))
+PYODIDE_VERSION = "314.0.7"
+PYODIDE_FILES = (
+    "pyodide.mjs",
+    "pyodide.asm.mjs",
+    "pyodide.asm.wasm",
+    "python_stdlib.zip",
+    "pyodide-lock.json",
+)
+NODE_MODULES = BUILD / "node_modules"
+LOCK_STAMP = NODE_MODULES / ".tidesync-lock.sha256"
+
+
+def log(msg: str) -> None:
+    print(f"build_site: {msg}", flush=True)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def tree_files(root: Path) -> list[Path]:
+    if not root.exists():
+        return []
+    skip_dirs = {"__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache"}
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(
+            d for d in dirnames if d not in skip_dirs and not d.endswith(".egg-info")
+        )
+        for name in sorted(filenames):
+            if name.endswith((".pyc", ".pyo")):
+                continue
+            out.append(Path(dirpath) / name)
+    return out
+
+
+def hash_inputs(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(str(p.relative_to(ROOT)).encode())
+        h.update(b"\0")
+        h.update(sha256_file(p).encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- pyodide
+
+
+def ensure_node_modules() -> Path:
+    lock = BUILD / "package-lock.json"
+    want = sha256_file(lock)
+    pkg_dir = NODE_MODULES / "pyodide"
+    have = LOCK_STAMP.read_text().strip() if LOCK_STAMP.exists() else ""
+    if have == want and all((pkg_dir / f).exists() for f in PYODIDE_FILES):
+        return pkg_dir
+    npm = shutil.which("npm")
+    if npm is None:
+        sys.exit("build_site: npm not found (apt-get install nodejs npm)")
+    log(f"npm ci --prefix build (pyodide {PYODIDE_VERSION})")
+    subprocess.run(
+        [npm, "ci", "--prefix", str(BUILD), "--no-audit", "--no-fund", "--loglevel=error"],
+        check=True,
+        cwd=BUILD,
+    )
+    installed = json.loads((pkg_dir / "package.json").read_text())["version"]
+    if installed != PYODIDE_VERSION:
+        sys.exit(f"build_site: npm installed pyodide {installed}, expected {PYODIDE_VERSION}")
+    LOCK_STAMP.write_text(want + "\n")
+    return pkg_dir
+
+
+def copy_if_changed(src: Path, dst: Path) -> bool:
+    """Copy src to dst unless dst already has the same size and mtime."""
+    if dst.exists():
+        s, d = src.stat(), dst.stat()
+        if s.st_size == d.st_size and int(s.st_mtime) == int(d.st_mtime):
+            return False
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.copy2(src, tmp)
+    os.replace(tmp, dst)
+    return True
+
+
+def sync_tree(src: Path, dst: Path, *, prune: bool = True) -> int:
+    """Mirror src into dst (files only); return the number of files copied."""
+    copied = 0
+    wanted = set()
+    for f in tree_files(src):
+        rel = f.relative_to(src)
+        wanted.add(rel)
+        copied += copy_if_changed(f, dst / rel)
+    if prune and dst.exists():
+        for f in tree_files(dst):
+            if f.relative_to(dst) not in wanted:
+                f.unlink()
+    return copied
+
+
+# --------------------------------------------------------------------------- wheel
+
+
+def build_wheel(inputs_hash: str) -> Path:
+    wheels = SITE / "wheels"
+    stamp = wheels / ".inputs.sha256"
+    existing = sorted(wheels.glob("tidesync-*.whl")) if wheels.exists() else []
+    if (
+        len(existing) == 1
+        and stamp.exists()
+        and stamp.read_text().strip() == inputs_hash
+    ):
+        return existing[0]
+    log("building the tidesync wheel")
+    with tempfile.TemporaryDirectory(prefix="tidesync-wheel-") as tmp:
+        subprocess.run(
+            [
+                sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+                "-w", tmp, str(ROOT),
+            ],
+            check=True,
+        )
+        built = sorted(Path(tmp).glob("tidesync-*.whl"))
+        if len(built) != 1:
+            sys.exit(f"build_site: expected one tidesync wheel, got {built}")
+        if not built[0].name.endswith("-py3-none-any.whl"):
+            sys.exit(f"build_site: wheel is not pure Python: {built[0].name}")
+        wheels.mkdir(parents=True, exist_ok=True)
+        for old in existing:
+            old.unlink()
+        dst = wheels / built[0].name
+        shutil.copy2(built[0], dst)
+    stamp.write_text(inputs_hash + "\n")
+    # setuptools leaves a build/lib tree next to our sources when run in-tree.
+    for leftover in (BUILD / "lib", *BUILD.glob("bdist.*")):
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+    return dst
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> int:
+    SITE.mkdir(parents=True, exist_ok=True)
+
+    pkg_dir = ensure_node_modules()
+    n = 0
+    for name in PYODIDE_FILES:
+        n += copy_if_changed(pkg_dir / name, SITE / "pyodide" / name)
+    if n:
+        log(f"pyodide: copied {n} file(s)")
+
+    wheel_inputs = [ROOT / "pyproject.toml", *tree_files(ROOT / "py_src")]
+    wheel_hash = hash_inputs(wheel_inputs)
+    wheel = build_wheel(wheel_hash)
+
+    n = sync_tree(ROOT / "js_shim", SITE / "js")
+    if n:
+        log(f"js: copied {n} file(s)")
+    # web_demo/ goes to the site root; never prune there (pyodide/, js/, wheels/ live there).
+    n = sync_tree(ROOT / "web_demo", SITE, prune=False)
+    if n:
+        log(f"web_demo: copied {n} file(s)")
+
+    version_inputs = [
+        BUILD / "package-lock.json",
+        *wheel_inputs,
+        *tree_files(ROOT / "js_shim"),
+        *tree_files(ROOT / "web_demo"),
+    ]
+    manifest = {
+        "pyodide": PYODIDE_VERSION,
+        "wheel": f"wheels/{wheel.name}",
+        "version": hash_inputs(version_inputs)[:16],
+    }
+    text = json.dumps(manifest, indent=2) + "\n"
+    mpath = SITE / "manifest.json"
+    if not mpath.exists() or mpath.read_text() != text:
+        mpath.write_text(text)
+        log(f"manifest.json: version {manifest['version']}")
+    log(f"ok: {SITE.relative_to(ROOT) if SITE.is_relative_to(ROOT) else SITE}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
