@@ -8,6 +8,8 @@ heartbeats (except where heartbeats are the point) keep it fast and quiet.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -329,3 +331,13 @@ async def test_wait_until_synced_times_out_with_the_status() -> None:
     with pytest.raises(TimeoutError, match="not synced"):
         await w.wait_until_synced(0.05)
     await w.stop()
+
+
+def test_sync_side_and_package_import_no_socket_library() -> None:
+    code = (
+        "import sys, tidesync, tidesync.worker_sync.worker_thread.sync_worker\n"
+        "bad = [m for m in ('websockets', 'tidesync.server', 'tidesync.native', 'js')"
+        " if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
