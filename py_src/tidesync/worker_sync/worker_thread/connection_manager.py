@@ -124,7 +124,7 @@ class BackoffPolicy:
     healthy_after: float = 10.0
 
     def delay(self, attempt: int, random: Callable[[], float]) -> float:
-        ceiling = min(self.cap, self.base * (2 ** min(attempt, 32)))
+        ceiling = min(self.cap, self.base * (2.0 ** min(attempt, 32)))
         return ceiling / 2 + random() * ceiling / 2
 
 
