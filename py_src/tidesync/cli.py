@@ -1,0 +1,182 @@
+"""``tidesync serve`` and ``tidesync seed``: the server's command line.
+
+``serve`` runs the sync server on uvicorn; ``--seed-demo`` puts a little sample
+data into an empty database.  ``seed`` adds N tasks (large-data mode) through
+the normal tables in one transaction, so the capture triggers put every row in
+the history like any other write.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import sqlite3
+import sys
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+__all__ = ["main", "seed_demo", "seed_tasks"]
+
+log = logging.getLogger("tidesync")
+
+WS_MAX_SIZE = 4 << 20  # above the session's 1 MiB limit, so oversized frames get srv_error
+
+
+def _iso(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def _open(db: str | Path, schema_sql: str | None) -> sqlite3.Connection:
+    from tidesync.server.store import Store, connect
+
+    Store(db, schema_sql).close()  # creates tables and triggers when missing
+    return connect(db)
+
+
+def seed_demo(db: str | Path, schema_sql: str | None = None) -> int:
+    """Sample projects and tasks, only when both tables are empty; returns rows added."""
+    conn = _open(db, schema_sql)
+    try:
+        has = conn.execute(
+            "SELECT (SELECT COUNT(*) FROM projects) + (SELECT COUNT(*) FROM tasks)"
+        ).fetchone()[0]
+        if has:
+            return 0
+        now = datetime.now(tz=UTC)
+        projects = [("p-home", "Home"), ("p-work", "Work"), ("p-garden", "Garden")]
+        titles = [
+            ("p-home", "Buy milk"),
+            ("p-home", "Fix the tap"),
+            ("p-home", "Call grandma"),
+            ("p-work", "Write the sync server"),
+            ("p-work", "Review pull requests"),
+            ("p-work", "Plan the sprint"),
+            ("p-work", "Update the docs"),
+            ("p-garden", "Water the tomatoes"),
+            ("p-garden", "Mow the lawn"),
+            ("p-garden", "Plant tulips"),
+        ]
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(
+            "INSERT INTO projects(id, name, updated_at) VALUES (?, ?, ?)",
+            [(pid, name, _iso(now)) for pid, name in projects],
+        )
+        conn.executemany(
+            "INSERT INTO tasks(id, project_id, title, done, updated_at) VALUES (?, ?, ?, ?, ?)",
+            [
+                (f"t-{i + 1}", pid, title, int(i % 4 == 0), _iso(now + timedelta(milliseconds=i)))
+                for i, (pid, title) in enumerate(titles)
+            ],
+        )
+        conn.execute("COMMIT")
+        return len(projects) + len(titles)
+    finally:
+        conn.close()
+
+
+def seed_tasks(db: str | Path, count: int, schema_sql: str | None = None) -> int:
+    """Add ``count`` tasks (and a few projects for them) in one transaction."""
+    conn = _open(db, schema_sql)
+    try:
+        now = datetime.now(tz=UTC)
+        stamp = _iso(now)
+        projects = [(f"bulk-{uuid.uuid4().hex[:8]}", f"Bulk project {i + 1}") for i in range(10)]
+        rng = random.Random(count)
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(
+            "INSERT INTO projects(id, name, updated_at) VALUES (?, ?, ?)",
+            [(pid, name, stamp) for pid, name in projects],
+        )
+        conn.executemany(
+            "INSERT INTO tasks(id, project_id, title, done, updated_at) VALUES (?, ?, ?, ?, ?)",
+            (
+                (
+                    str(uuid.uuid4()),
+                    projects[i % len(projects)][0],
+                    f"Task {i + 1}",
+                    int(rng.random() < 0.3),
+                    stamp,
+                )
+                for i in range(count)
+            ),
+        )
+        conn.execute("COMMIT")
+        return count
+    finally:
+        conn.close()
+
+
+def _read_schema(path: str | None) -> str | None:
+    return None if path is None else Path(path).read_text(encoding="utf-8")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from tidesync.server.app import create_app
+    from tidesync.server.session import SessionConfig
+
+    schema_sql = _read_schema(args.schema)
+    if args.seed_demo:
+        added = seed_demo(args.db, schema_sql)
+        if added:
+            log.info("seeded %d demo rows into %s", added, args.db)
+    config = SessionConfig(heartbeat_interval_ms=int(args.heartbeat * 1000))
+    app = create_app(args.db, schema_sql=schema_sql, site_dir=args.site, config=config)
+    log.info("serving on http://%s:%d (db %s)", args.host, args.port, args.db)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        ws_max_size=WS_MAX_SIZE,
+        ws_ping_interval=None,
+        log_level=args.log_level.lower(),
+        lifespan="on",
+    )
+    return 0
+
+
+def _seed(args: argparse.Namespace) -> int:
+    added = seed_tasks(args.db, args.tasks, _read_schema(args.schema))
+    print(f"added {added} tasks to {args.db}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tidesync", description="tidesync sync server")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the sync server")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8765)
+    serve.add_argument("--db", default="tidesync.db", help="SQLite file (created when missing)")
+    serve.add_argument("--schema", help="app schema SQL (default: the demo schema)")
+    serve.add_argument("--site", help="directory served at / (the built site)")
+    serve.add_argument("--seed-demo", action="store_true", help="sample data into an empty db")
+    serve.add_argument("--heartbeat", type=float, default=5.0, help="heartbeat interval, s")
+    serve.add_argument("--log-level", default="INFO")
+    serve.set_defaults(func=_serve)
+    seed = sub.add_parser("seed", help="add many tasks (large-data mode)")
+    seed.add_argument("--db", required=True)
+    seed.add_argument("--tasks", type=int, default=100_000)
+    seed.add_argument("--schema", help="app schema SQL (default: the demo schema)")
+    seed.add_argument("--log-level", default="INFO")
+    seed.set_defaults(func=_seed)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,251 @@
+"""The ASGI app: ``/api/sync`` (WebSocket), ``/api/health``, and the static site.
+
+The WebSocket endpoint only moves frames: each connection runs one ``Session``
+(sans-I/O) under its own lock, calling it in a worker thread (SQLite work
+stays off the event loop), and hands the encoded output to a bounded outbox
+drained by that connection's writer task.  Nothing here awaits a socket while
+holding anything shared, so one slow client never stalls the others; a client
+whose outbox overflows is closed with 1013 and catches up on reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import mimetypes
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+from starlette.types import Scope
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from tidesync.server.hub import Hub
+from tidesync.server.session import Output, Session, SessionConfig, open_session
+from tidesync.server.store import Store
+from tidesync.worker_sync.shared.lsn_manager import format_lsn
+from tidesync.worker_sync.shared.message_types import encode_message
+
+__all__ = ["ServerState", "create_app"]
+
+log = logging.getLogger(__name__)
+
+OUTBOX_SIZE = 256
+CLOSE_TRY_AGAIN = 1013
+
+for _ext, _type in (
+    (".mjs", "text/javascript"),
+    (".js", "text/javascript"),
+    (".wasm", "application/wasm"),
+    (".webmanifest", "application/manifest+json"),
+    (".json", "application/json"),
+    (".whl", "application/zip"),
+):
+    mimetypes.add_type(_type, _ext)
+
+
+class _SiteFiles(StaticFiles):
+    """Static files with caching suited to a pinned Pyodide and a changing app."""
+
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(*args, **kwargs)
+        scope: Scope = kwargs.get("scope") or args[2]
+        path = scope.get("path", "")
+        if path.startswith("/pyodide/"):
+            response.headers["Cache-Control"] = "public, max-age=31536000, immutable"
+        else:
+            response.headers["Cache-Control"] = "no-cache"
+        return response
+
+
+@dataclass
+class ServerState:
+    store: Store
+    hub: Hub
+    config: SessionConfig
+    connections: dict[str, _Connection] = field(default_factory=dict)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class _Connection:
+    """One socket's driver: reader, hub wake-ups, heartbeat ticks, writer."""
+
+    def __init__(self, ws: WebSocket, state: ServerState, client_id: str) -> None:
+        self.ws = ws
+        self.state = state
+        self.client_id = client_id
+        self.session: Session | None = None
+        self.lock = asyncio.Lock()
+        self.outbox: asyncio.Queue[str | tuple[int, str]] = asyncio.Queue(OUTBOX_SIZE)
+        self.wake = asyncio.Event()
+        self.closing = False
+
+    def push(self, out_texts: list[str], output: Output) -> None:
+        """Queue frames (and a close) without waiting: a full outbox closes the connection."""
+        if self.closing:
+            return
+        try:
+            for text in out_texts:
+                self.outbox.put_nowait(text)
+            if output.close_code is not None:
+                self.closing = True
+                self.outbox.put_nowait((output.close_code, output.close_reason))
+        except asyncio.QueueFull:
+            log.warning("client %s: outbox full; closing so it catches up later", self.client_id)
+            self.force_close(CLOSE_TRY_AGAIN, "too far behind")
+
+    def force_close(self, code: int, reason: str) -> None:
+        self.closing = True
+        while not self.outbox.empty():
+            self.outbox.get_nowait()
+        self.outbox.put_nowait((code, reason))
+
+    async def run_session(self, step: Any, *args: Any) -> None:
+        """Run ``step(*args)`` on the session in a thread; queue what it returns."""
+        async with self.lock:
+            session = self.session
+            if session is None or self.closing:
+                return
+
+            def call() -> tuple[list[str], Output]:
+                output: Output = step(*args)
+                return [encode_message(m) for m in output.messages], output
+
+            texts, output = await asyncio.to_thread(call)
+        self.push(texts, output)
+
+    async def writer(self) -> None:
+        while True:
+            item = await self.outbox.get()
+            if isinstance(item, tuple):
+                code, reason = item
+                with contextlib.suppress(Exception):
+                    await self.ws.close(code, reason)
+                return
+            await self.ws.send_text(item)
+
+    async def reader(self) -> None:
+        assert self.session is not None
+        while True:
+            message = await self.ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            data = message.get("text")
+            if data is None:
+                data = message.get("bytes") or b""
+            await self.run_session(self.session.receive, data, _now_ms())
+
+    async def notified(self) -> None:
+        assert self.session is not None
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            await self.run_session(self.session.history_available, _now_ms())
+
+    async def ticker(self) -> None:
+        assert self.session is not None
+        while True:
+            delay = max(0.05, (self.session.next_deadline - _now_ms()) / 1000.0)
+            await asyncio.sleep(min(delay, 1.0))
+            await self.run_session(self.session.tick, _now_ms())
+
+
+async def _sync_endpoint(ws: WebSocket) -> None:
+    state: ServerState = ws.app.state.tidesync
+    params = ws.query_params
+    client_id = params.get("clientId")
+    await ws.accept()
+    conn = _Connection(ws, state, client_id or "")
+    session, output = await asyncio.to_thread(
+        open_session, client_id, params.get("lsn"), state.hub, state.config, _now_ms()
+    )
+    log.info("client %s connected with lsn %s", client_id, params.get("lsn"))
+    if session is None:
+        log.info("client %s refused: %s", client_id, output.close_reason)
+        for message in output.messages:
+            await ws.send_text(encode_message(message))
+        await ws.close(output.close_code or 4400, output.close_reason)
+        return
+    conn.session = session
+    old = state.connections.get(session.client_id)
+    state.connections[session.client_id] = conn
+    if old is not None:
+        log.info("client %s: newer connection replaces the old one (4409)", session.client_id)
+        old.session = None
+        old.force_close(4409, "replaced by a newer connection")
+    conn.push([encode_message(m) for m in output.messages], output)
+    key = state.hub.subscribe(conn.wake.set)
+    tasks = [
+        asyncio.create_task(conn.writer()),
+        asyncio.create_task(conn.reader()),
+        asyncio.create_task(conn.notified()),
+        asyncio.create_task(conn.ticker()),
+    ]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    except WebSocketDisconnect:
+        pass
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        state.hub.unsubscribe(key)
+        if state.connections.get(session.client_id) is conn:
+            del state.connections[session.client_id]
+        async with conn.lock:
+            await asyncio.to_thread(session.close)
+        with contextlib.suppress(Exception):
+            await ws.close(1000)
+        log.info("client %s disconnected", session.client_id)
+
+
+async def _health(request: Request) -> JSONResponse:
+    state: ServerState = request.app.state.tidesync
+    lsn = await asyncio.to_thread(state.store.current_lsn)
+    return JSONResponse({"status": "ok", "lsn": format_lsn(lsn), "clients": len(state.connections)})
+
+
+def create_app(
+    db_path: str | os.PathLike[str],
+    *,
+    schema_sql: str | None = None,
+    site_dir: str | os.PathLike[str] | None = None,
+    config: SessionConfig | None = None,
+) -> Starlette:
+    """The server app; the store opens (and the tailer starts) in the lifespan."""
+    store = Store(db_path, schema_sql)
+    hub = Hub(store)
+    state = ServerState(store, hub, config or SessionConfig())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        hub.start()
+        try:
+            yield
+        finally:
+            for conn in list(state.connections.values()):
+                conn.force_close(1001, "server going away")
+            await hub.stop()
+            store.close()
+
+    routes: list[Any] = [
+        WebSocketRoute("/api/sync", _sync_endpoint),
+        Route("/api/health", _health),
+    ]
+    if site_dir is not None:
+        routes.append(Mount("/", _SiteFiles(directory=Path(site_dir), html=True), name="site"))
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.tidesync = state
+    return app

@@ -1,0 +1,114 @@
+"""Change capture: triggers on every app table append to ``_ts_change_history``.
+
+Why triggers and not Python: writes made by other programs (a script, the
+``sqlite3`` shell, an admin tool) must reach clients too, and a trigger is the
+one place every write goes through.  Invariants kept:
+
+* every committed row change has exactly one history row (two for an update
+  that changes the primary key: ``delete`` of the old key, ``insert`` of the new),
+  committed in the same transaction, so the LSN (the history rowid) never exists
+  without its change and LSN order is commit order;
+* ``_ts_row_versions`` holds the last-write-wins version of every row written
+  since the triggers exist, deletes included (tombstones), so a concurrent older
+  update loses against a newer delete;
+* the author comes from the one-row ``_ts_context`` table, which only the
+  server's own writer fills (and empties again before it commits).  Other
+  writers see it empty: author unknown (NULL), change id random, time = the
+  row's ``updated_at`` column when the table has one, else now (ISO-ms UTC).
+  The context change id is used only for the row the change names; rows touched
+  by cascades get their own random ids (clients key changes by id).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from tidesync.schema import Schema, TableInfo, quote_ident
+
+__all__ = ["NOW_ISO_SQL", "install_triggers", "trigger_names"]
+
+NOW_ISO_SQL = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
+_RANDOM_ID_SQL = "lower(hex(randomblob(16)))"
+_CTX = "(SELECT {col} FROM _ts_context WHERE id = 1)"
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _pk_json(table: TableInfo, ref: str) -> str:
+    cols = ", ".join(f"{ref}.{quote_ident(k)}" for k in table.primary_key)
+    return f"json_array({cols})"
+
+
+def _row_json(table: TableInfo, ref: str, *, key_only: bool) -> str:
+    names = table.primary_key if key_only else table.column_names
+    parts = ", ".join(f"{_literal(n)}, {ref}.{quote_ident(n)}" for n in names)
+    return f"json_object({parts})"
+
+
+def _time_sql(table: TableInfo, ref: str, *, use_row: bool) -> str:
+    """The change time: the server's context, else the row's ``updated_at``, else now.
+
+    A delete by another program carries no time of its own, so it takes now
+    (the old row's time would let an older concurrent update resurrect it).
+    """
+    row_time = f"{ref}.{quote_ident('updated_at')}, " if use_row and table.has_updated_at else ""
+    return f"COALESCE({_CTX.format(col='updated_at')}, {row_time}{NOW_ISO_SQL})"
+
+
+def _record(table: TableInfo, ref: str, operation: str, *, key_only: bool, when: str = "") -> str:
+    """Two statements: the history row and the row's LWW version."""
+    name = _literal(table.name)
+    pk = _pk_json(table, ref)
+    change_id = (
+        f"CASE WHEN {_CTX.format(col='table_name')} = {name} "
+        f"AND {_CTX.format(col='pk')} = {pk} "
+        f"THEN {_CTX.format(col='change_id')} ELSE {_RANDOM_ID_SQL} END"
+    )
+    time_sql = _time_sql(table, ref, use_row=operation != "delete")
+    where = f"WHERE {when}" if when else "WHERE 1"
+    return (
+        "INSERT INTO _ts_change_history"
+        "(change_id, client_id, table_name, operation, data, updated_at, created_at) "
+        f"SELECT {change_id}, {_CTX.format(col='client_id')}, {name}, {_literal(operation)}, "
+        f"{_row_json(table, ref, key_only=key_only)}, {time_sql}, {NOW_ISO_SQL} {where};\n"
+        "INSERT INTO _ts_row_versions(table_name, pk, updated_at, client_id) "
+        f"SELECT {name}, {pk}, {time_sql}, {_CTX.format(col='client_id')} {where} "
+        "ON CONFLICT(table_name, pk) DO UPDATE SET "
+        "updated_at = excluded.updated_at, client_id = excluded.client_id;\n"
+    )
+
+
+def trigger_names(table: TableInfo) -> tuple[str, str, str]:
+    base = f"_ts_capture_{table.name}"
+    return (f"{base}_insert", f"{base}_update", f"{base}_delete")
+
+
+def _trigger_sql(table: TableInfo) -> list[str]:
+    ins, upd, dele = trigger_names(table)
+    target = quote_ident(table.name)
+    key_changed = " OR ".join(
+        f"OLD.{quote_ident(k)} IS NOT NEW.{quote_ident(k)}" for k in table.primary_key
+    )
+    key_same = f"NOT ({key_changed})"
+    return [
+        f"CREATE TRIGGER IF NOT EXISTS {quote_ident(ins)} AFTER INSERT ON {target} BEGIN\n"
+        + _record(table, "NEW", "insert", key_only=False)
+        + "END",
+        f"CREATE TRIGGER IF NOT EXISTS {quote_ident(upd)} AFTER UPDATE ON {target} BEGIN\n"
+        + _record(table, "NEW", "update", key_only=False, when=key_same)
+        + _record(table, "OLD", "delete", key_only=True, when=key_changed)
+        + _record(table, "NEW", "insert", key_only=False, when=key_changed)
+        + "END",
+        f"CREATE TRIGGER IF NOT EXISTS {quote_ident(dele)} AFTER DELETE ON {target} BEGIN\n"
+        + _record(table, "OLD", "delete", key_only=True)
+        + "END",
+    ]
+
+
+def install_triggers(conn: sqlite3.Connection, schema: Schema) -> None:
+    """Create the capture triggers of every synced table (idempotent)."""
+    for name in schema.order:
+        for statement in _trigger_sql(schema.tables[name]):
+            conn.execute(statement)

@@ -1,0 +1,106 @@
+"""A consistent read of every synced table for the initial sync.
+
+PROTOCOL.md "Initial sync": the snapshot is one consistent read at one LSN.  It
+holds one read transaction on its own connection (WAL: writers go on, this
+reader keeps seeing the database as it was), takes the LSN inside that same
+transaction, and streams each table with ``fetchmany`` so a large table is
+never held in memory at once.  ``close`` ends the transaction; callers must
+call it (the session does when the initial sync ends or the connection drops).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+import uuid
+from pathlib import Path
+
+from tidesync.schema import Schema, TableInfo, quote_ident
+from tidesync.server.store import connect, max_lsn
+from tidesync.worker_sync.shared.hlc import TimestampError, normalize_timestamp
+from tidesync.worker_sync.shared.message_types import Operation, TableChange
+
+__all__ = ["Snapshot"]
+
+log = logging.getLogger(__name__)
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+class Snapshot:
+    """Chunks of ``insert`` changes per table, all at ``lsn``."""
+
+    def __init__(self, path: str | Path, schema: Schema) -> None:
+        self.schema = schema
+        self._conn: sqlite3.Connection | None = connect(path)
+        self._conn.execute("BEGIN")
+        self.lsn = max_lsn(self._conn)  # the first read fixes the transaction's view
+        self.counts: dict[str, int] = {
+            name: int(self._conn.execute(f"SELECT COUNT(*) FROM {quote_ident(name)}").fetchone()[0])
+            for name in schema.order
+        }
+        self._cursor: sqlite3.Cursor | None = None
+        self._cursor_table: str | None = None
+        self._now = normalize_timestamp(
+            self._conn.execute("SELECT strftime('%Y-%m-%dT%H:%M:%fZ','now')").fetchone()[0]
+        )
+
+    def chunks_of(self, table: str, chunk_rows: int) -> int:
+        count = self.counts.get(table, 0)
+        return (count + chunk_rows - 1) // chunk_rows
+
+    def _select(self, table: TableInfo) -> sqlite3.Cursor:
+        assert self._conn is not None
+        cols = ", ".join(f"t.{quote_ident(c)}" for c in table.column_names)
+        pk = ", ".join(f"t.{quote_ident(k)}" for k in table.primary_key)
+        # The row's LWW version travels with it, so clients resolve later conflicts
+        # exactly as the server does.
+        return self._conn.execute(
+            f"SELECT {cols}, v.updated_at, v.client_id FROM {quote_ident(table.name)} AS t "
+            f"LEFT JOIN _ts_row_versions AS v ON v.table_name = {_literal(table.name)} "
+            f"AND v.pk = json_array({pk})"
+        )
+
+    def read_chunk(self, table_name: str, chunk_rows: int) -> tuple[TableChange, ...]:
+        """The next ``chunk_rows`` rows of ``table_name`` (tables are read one after another)."""
+        table = self.schema.tables[table_name]
+        if self._cursor_table != table_name:
+            self._cursor = self._select(table)
+            self._cursor_table = table_name
+        assert self._cursor is not None
+        names = table.column_names
+        out: list[TableChange] = []
+        for raw in self._cursor.fetchmany(chunk_rows):
+            data = dict(zip(names, raw[: len(names)], strict=True))
+            version_time, author = raw[len(names)], raw[len(names) + 1]
+            out.append(
+                TableChange(
+                    id=uuid.uuid4().hex,
+                    table=table_name,
+                    operation=Operation.INSERT,
+                    data=data,
+                    updated_at=self._time(version_time, data),
+                    client_id=author,
+                )
+            )
+        return tuple(out)
+
+    def _time(self, version_time: object, data: dict[str, object]) -> str:
+        for candidate in (version_time, data.get("updated_at")):
+            if candidate is not None:
+                try:
+                    return normalize_timestamp(candidate)
+                except TimestampError:
+                    continue
+        return self._now
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")
+            self._conn.close()
+            self._conn = None
+            self._cursor = None
