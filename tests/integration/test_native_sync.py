@@ -240,7 +240,8 @@ async def test_server_restart_mid_catchup_loses_nothing(server: Any, open_client
     behind.on_status(on_status)
     behind.go_online()
     await asyncio.wait_for(restarted.wait(), SYNC_TIMEOUT)
-    await _maybe_await(server.restart())
+    await asyncio.to_thread(server.kill)  # a crash, in the middle of the catchup
+    await asyncio.to_thread(server.start)
     await behind.wait_until_synced(SYNC_TIMEOUT)
     assert len(await rows(behind, "projects")) == 3000
     assert strip(await rows(behind, "projects"), "name") == strip(
@@ -260,10 +261,10 @@ async def test_lsn_ahead_resyncs_from_scratch_and_keeps_unsent_changes(
     client.go_offline()
     await eventually(lambda: _is(lambda: not client.status.connected))
     await client.insert("projects", {"id": "unsent", "name": "made while the server was reset"})
-    await _maybe_await(server.stop())
+    await asyncio.to_thread(server.stop)
     for suffix in ("", "-wal", "-shm"):
         Path(str(server.db_path) + suffix).unlink(missing_ok=True)
-    await _maybe_await(server.restart())
+    await asyncio.to_thread(server.start)  # same port, an empty database
 
     client.go_online()
     await client.wait_until_synced(SYNC_TIMEOUT)
@@ -281,12 +282,6 @@ async def _count(client: Client, table: str, n: int) -> bool:
 
 async def _is(predicate: Callable[[], bool]) -> bool:
     return predicate()
-
-
-async def _maybe_await(value: Any) -> Any:
-    if asyncio.iscoroutine(value) or isinstance(value, asyncio.Future):
-        return await value
-    return value
 
 
 def _server_lsn(server: Any) -> int:

@@ -232,6 +232,7 @@ class MessageProcessor:
             # Everything up to finalLSN was sent (our own changes left out): move on.
             await self._port.advance_lsn(msg.final_lsn)
             self._lsn.advance(msg.final_lsn)
+        self.init_progress = None
         log.info("live at %s after %d catchup change(s)", format_lsn(self.lsn), msg.change_count)
         return [FlushLocalChanges()]
 
