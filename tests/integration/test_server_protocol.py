@@ -152,7 +152,7 @@ async def test_initial_sync_sends_every_row_in_acknowledged_chunks(server: Serve
         while True:
             first.append(json.loads(await asyncio.wait_for(client.ws.recv(), 1.0)))
     assert 1 <= len(first) <= 4
-    assert [m["sequence"]["table"] for m in first][0] == "projects"  # parents first
+    assert first[0]["sequence"]["table"] == "projects"  # parents first
     client.backlog.extend(first)
     rows: dict[str, list[Any]] = {}
     chunks: dict[str, list[int]] = {}
