@@ -148,18 +148,21 @@ def build_wheel(inputs_hash: str) -> Path:
     wheels = SITE / "wheels"
     stamp = wheels / ".inputs.sha256"
     existing = sorted(wheels.glob("tidesync-*.whl")) if wheels.exists() else []
-    if (
-        len(existing) == 1
-        and stamp.exists()
-        and stamp.read_text().strip() == inputs_hash
-    ):
+    if len(existing) == 1 and stamp.exists() and stamp.read_text().strip() == inputs_hash:
         return existing[0]
     log("building the tidesync wheel")
     with tempfile.TemporaryDirectory(prefix="tidesync-wheel-") as tmp:
         subprocess.run(
             [
-                sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-                "-w", tmp, str(ROOT),
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "--quiet",
+                "--no-deps",
+                "-w",
+                tmp,
+                str(ROOT),
             ],
             check=True,
         )
