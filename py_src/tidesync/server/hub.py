@@ -101,6 +101,13 @@ class Hub:
                 for callback in list(self._subscribers.values()):
                     callback()
 
+    def poll(self) -> bool:
+        """Read new history into the ring now (blocking); True when rows came.
+
+        The tailer task does this on its own; tests without an event loop call it.
+        """
+        return self._tail_once(-1)[1]
+
     def _tail_once(self, version: int) -> tuple[int, bool]:
         """Read rows past the ring's end; returns the new data_version and whether any came."""
         now_version = int(self._tail_conn.execute("PRAGMA data_version").fetchone()[0])
@@ -142,9 +149,7 @@ class Hub:
                 if upto is not None:
                     rows = [r for r in rows if r.lsn <= upto]
                 return rows
-        if upto is None:
-            # Past the ring's end (not tailed yet) or before its floor: the file has it.
-            upto = None
+        # Before the ring's floor, or a catchup range past the ring's end: the file has it.
         return read_history(self._reader(), after, limit, upto)  # type: ignore[arg-type]
 
     def count_history(self, after: int, upto: int) -> int:
