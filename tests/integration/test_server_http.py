@@ -1,0 +1,37 @@
+"""HTTP side of the real server: health and the static site's types and caching."""
+
+from __future__ import annotations
+
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.helpers.server_process import ServerHandle
+
+
+def _get(url: str) -> tuple[str, str | None, bytes]:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return response.headers["Content-Type"], response.headers["Cache-Control"], response.read()
+
+
+def test_health_reports_lsn_and_clients(server: ServerHandle) -> None:
+    assert server.health() == {"status": "ok", "lsn": "0/0", "clients": 0}
+
+
+def test_site_files_get_module_and_wasm_types_and_cache_rules(
+    tmp_path: Path, server_factory: Callable[..., ServerHandle]
+) -> None:
+    site = tmp_path / "site"
+    (site / "pyodide").mkdir(parents=True)
+    (site / "index.html").write_text("<h1>hi</h1>")
+    (site / "app.mjs").write_text("export {}")
+    (site / "manifest.webmanifest").write_text("{}")
+    (site / "pyodide" / "pyodide.asm.wasm").write_bytes(b"\0asm")
+    server = server_factory(site=site, seed_demo=True)
+    kind, cache, body = _get(server.http_url + "/")
+    assert kind.startswith("text/html") and cache == "no-cache" and b"hi" in body
+    assert _get(server.http_url + "/app.mjs")[0].startswith("text/javascript")
+    assert _get(server.http_url + "/manifest.webmanifest")[0] == "application/manifest+json"
+    kind, cache, _ = _get(server.http_url + "/pyodide/pyodide.asm.wasm")
+    assert kind == "application/wasm" and "immutable" in (cache or "")
+    assert server.health()["lsn"] != "0/0"  # --seed-demo went through the history
