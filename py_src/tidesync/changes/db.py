@@ -1,0 +1,96 @@
+"""Opening the client database, its transactions, and the ``sync_state`` key/value rows.
+
+One connection, opened in autocommit mode (``isolation_level=None``) so every
+transaction here is explicit: ``BEGIN IMMEDIATE`` ... ``COMMIT``.  The two kinds
+of write transaction differ only in the trigger switch: local writes run with
+``applying = 0`` (recorded), server data with ``applying = 1`` (not recorded).
+Both leave ``_ts_ctx`` at ``applying = 0, now = NULL`` when they commit, so a
+write by another program (with no time set) is still recorded with the wall clock.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+__all__ = [
+    "DEFAULT_PRAGMAS",
+    "get_state",
+    "open_connection",
+    "set_now",
+    "set_state",
+    "write_transaction",
+]
+
+# Durable defaults for a native file; the browser passes its own journal settings.
+DEFAULT_PRAGMAS: Mapping[str, str | int] = {
+    "journal_mode": "WAL",
+    "synchronous": "FULL",
+    "busy_timeout": 5000,
+}
+_PRAGMA_VALUE = re.compile(r"^[A-Za-z0-9_\-]{1,32}$")
+
+
+def open_connection(
+    path: str, pragmas: Mapping[str, str | int] | None = None
+) -> sqlite3.Connection:
+    """Open ``path`` with ``pragmas`` (names and values checked: they come from config)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    settings = dict(DEFAULT_PRAGMAS if pragmas is None else pragmas)
+    settings["foreign_keys"] = "ON"  # not optional: the schema's FKs must hold locally too
+    for name, value in settings.items():
+        if not name.isidentifier() or not _PRAGMA_VALUE.match(str(value)):
+            conn.close()
+            raise ValueError(f"unsupported pragma {name!r} = {value!r}")
+        conn.execute(f"PRAGMA {name} = {value}").fetchall()
+    return conn
+
+
+def get_state(conn: sqlite3.Connection, key: str) -> str | None:
+    row = conn.execute("SELECT value FROM sync_state WHERE key = ?", (key,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def set_state(conn: sqlite3.Connection, key: str, value: str | int) -> None:
+    conn.execute(
+        "INSERT INTO sync_state (key, value) VALUES (?, ?) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (key, str(value)),
+    )
+
+
+def set_now(conn: sqlite3.Connection, iso_time: str) -> None:
+    """The time the recording triggers stamp on the next statement's changes."""
+    conn.execute("UPDATE _ts_ctx SET now = ? WHERE id = 1", (iso_time,))
+
+
+@contextmanager
+def write_transaction(
+    conn: sqlite3.Connection, *, applying: bool, foreign_keys: bool = True
+) -> Iterator[sqlite3.Connection]:
+    """One all-or-nothing write: committed when the block ends, rolled back if it raises.
+
+    ``foreign_keys=False`` switches enforcement off around the transaction (it
+    cannot change inside one), for replacing a snapshot without cascades.
+    """
+    if not foreign_keys:
+        conn.execute("PRAGMA foreign_keys = OFF")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                "UPDATE _ts_ctx SET applying = ?, now = NULL WHERE id = 1", (int(applying),)
+            )
+            yield conn
+            conn.execute("UPDATE _ts_ctx SET applying = 0, now = NULL WHERE id = 1")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    finally:
+        if not foreign_keys:
+            conn.execute("PRAGMA foreign_keys = ON")

@@ -1,0 +1,181 @@
+"""The client's own tables and the triggers that record every local write.
+
+Invariant: a write to a synced app table and its ``local_changes`` record
+commit in the same transaction, because the record is written by an AFTER
+trigger in that transaction.  The triggers stay silent while server data is
+applied (``_ts_ctx.applying = 1``, set inside the applying transaction and
+reset before its commit, so the committed value is always 0).
+
+``local_changes`` keeps the whole history, local and server changes alike.
+``state`` takes these values (``from_server`` tells the two families apart):
+
+* local changes: ``pending`` (not acknowledged; ``attempts`` counts sends) ->
+  ``synced`` (applied by the server at ``lsn``) | ``skipped`` (lost
+  last-write-wins on the server; ``skip_reason``) | ``rejected`` (invalid;
+  ``error``; never resent);
+* server changes: ``applied`` | ``skipped`` (lost last-write-wins to a pending
+  local change) | ``retrying`` (the batch failed; ``attempts``, ``error``,
+  ``next_retry_at``) | ``failed`` (could never apply; the LSN moved past it).
+
+``pk`` is ``json_array(<primary key values>)`` as SQLite renders it, so rows and
+their changes are matched with SQLite's own JSON on both sides of a comparison.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from tidesync.schema import Schema, TableInfo, quote_ident
+
+__all__ = [
+    "INTERNAL_TABLES",
+    "LOCAL_DDL",
+    "NOW_SQL",
+    "PENDING",
+    "install_triggers",
+    "pk_sql",
+    "sql_literal",
+]
+
+PENDING = "pending"
+NOW_SQL = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
+INTERNAL_TABLES = ("local_changes", "sync_state", "_ts_ctx")
+
+LOCAL_DDL = f"""
+CREATE TABLE IF NOT EXISTS local_changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    table_name TEXT NOT NULL,
+    operation TEXT NOT NULL CHECK (operation IN ('insert', 'update', 'delete')),
+    pk TEXT NOT NULL,
+    data TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    client_id TEXT,
+    from_server INTEGER NOT NULL DEFAULT 0,
+    processed_local INTEGER NOT NULL DEFAULT 0,
+    processed_sync INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL,
+    error TEXT,
+    skip_reason TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_retry_at INTEGER,
+    lsn INTEGER,
+    created_at TEXT NOT NULL DEFAULT ({NOW_SQL}),
+    updated_at_row TEXT NOT NULL DEFAULT ({NOW_SQL})
+);
+CREATE INDEX IF NOT EXISTS local_changes_unsynced
+    ON local_changes (seq) WHERE from_server = 0 AND state = 'pending';
+CREATE INDEX IF NOT EXISTS local_changes_row
+    ON local_changes (table_name, pk) WHERE from_server = 0 AND state IN ('pending', 'synced');
+CREATE TABLE IF NOT EXISTS sync_state (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS _ts_ctx (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    applying INTEGER NOT NULL DEFAULT 0,
+    now TEXT
+);
+INSERT OR IGNORE INTO _ts_ctx (id, applying, now) VALUES (1, 0, NULL);
+"""
+
+# A uuid4 made in SQL, so triggers can give every change its id.
+_UUID_SQL = (
+    "lower(hex(randomblob(4))) || '-' || lower(hex(randomblob(2))) || '-4' || "
+    "substr(lower(hex(randomblob(2))), 2) || '-' || "
+    "substr('89ab', 1 + (abs(random()) % 4), 1) || substr(lower(hex(randomblob(2))), 2) || "
+    "'-' || lower(hex(randomblob(6)))"
+)
+_TIME_SQL = f"COALESCE((SELECT now FROM _ts_ctx WHERE id = 1), {NOW_SQL})"
+_ACTIVE_SQL = "COALESCE((SELECT applying FROM _ts_ctx WHERE id = 1), 0) = 0"
+
+
+def sql_literal(text: str) -> str:
+    """A SQL string literal (for names already read from the schema, in generated DDL)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def pk_sql(table: TableInfo, row: str = "") -> str:
+    """``json_array(...)`` of the primary key: of ``row`` (``NEW``/``OLD``) or of bound values.
+
+    Bound values of TEXT key columns are cast to text, as the column's affinity
+    stores them, so a key computed from wire data matches the stored row's.
+    """
+    parts = []
+    for name in table.primary_key:
+        if row:
+            parts.append(f"{row}.{quote_ident(name)}")
+        else:
+            column = table.column(name)
+            is_text = column is not None and column.affinity == "TEXT"
+            parts.append("CAST(? AS TEXT)" if is_text else "?")
+    return "json_array(" + ", ".join(parts) + ")"
+
+
+def _object_sql(names: tuple[str, ...], row: str) -> str:
+    return (
+        "json_object(" + ", ".join(f"{sql_literal(n)}, {row}.{quote_ident(n)}" for n in names) + ")"
+    )
+
+
+def _record_sql(table: TableInfo, operation: str, row: str, data_sql: str, where: str) -> str:
+    return (
+        "INSERT INTO local_changes (id, table_name, operation, pk, data, updated_at, "
+        "from_server, processed_local, state) "
+        f"SELECT {_UUID_SQL}, {sql_literal(table.name)}, '{operation}', {pk_sql(table, row)}, "
+        f"{data_sql}, {_TIME_SQL}, 0, 1, '{PENDING}' WHERE {where};"
+    )
+
+
+def _trigger_names(table: TableInfo) -> dict[str, str]:
+    return {op: quote_ident(f"_ts_lc_{table.name}_{op}") for op in ("insert", "update", "delete")}
+
+
+def _triggers_sql(table: TableInfo) -> list[str]:
+    names = _trigger_names(table)
+    target = quote_ident(table.name)
+    all_cols = table.column_names
+    pk_cols = table.primary_key
+    same_pk = " AND ".join(f"OLD.{quote_ident(c)} IS NEW.{quote_ident(c)}" for c in pk_cols)
+    others = [c for c in all_cols if c not in pk_cols]
+    # Changed columns only; json_group_object keeps a column set to NULL (json_patch would not).
+    pairs = [f"SELECT {sql_literal(c)} AS k, NEW.{quote_ident(c)} AS v" for c in pk_cols]
+    pairs += [
+        f"SELECT {sql_literal(c)}, NEW.{quote_ident(c)} "
+        f"WHERE OLD.{quote_ident(c)} IS NOT NEW.{quote_ident(c)}"
+        for c in others
+    ]
+    changed_data = "(SELECT json_group_object(k, v) FROM (" + " UNION ALL ".join(pairs) + "))"
+    any_changed = (
+        " OR ".join(f"OLD.{quote_ident(c)} IS NOT NEW.{quote_ident(c)}" for c in others) or "0"
+    )
+    update_body = "\n  ".join(
+        [
+            _record_sql(table, "update", "NEW", changed_data, f"({same_pk}) AND ({any_changed})"),
+            # A primary-key change is recorded as delete + insert (PROTOCOL.md: data holds the key).
+            _record_sql(table, "delete", "OLD", _object_sql(pk_cols, "OLD"), f"NOT ({same_pk})"),
+            _record_sql(table, "insert", "NEW", _object_sql(all_cols, "NEW"), f"NOT ({same_pk})"),
+        ]
+    )
+    return [
+        f"CREATE TRIGGER {names['insert']} AFTER INSERT ON {target} WHEN {_ACTIVE_SQL} BEGIN\n  "
+        + _record_sql(table, "insert", "NEW", _object_sql(all_cols, "NEW"), "1")
+        + "\nEND",
+        f"CREATE TRIGGER {names['update']} AFTER UPDATE ON {target} WHEN {_ACTIVE_SQL} BEGIN\n  "
+        + update_body
+        + "\nEND",
+        f"CREATE TRIGGER {names['delete']} AFTER DELETE ON {target} WHEN {_ACTIVE_SQL} BEGIN\n  "
+        + _record_sql(table, "delete", "OLD", _object_sql(pk_cols, "OLD"), "1")
+        + "\nEND",
+    ]
+
+
+def install_triggers(conn: sqlite3.Connection, schema: Schema) -> None:
+    """(Re)create the recording triggers of every synced table; the caller holds a transaction.
+
+    Dropped and recreated on every open, so a schema that gained columns is
+    recorded in full.
+    """
+    for name in schema.order:
+        table = schema.tables[name]
+        for trigger in _trigger_names(table).values():
+            conn.execute(f"DROP TRIGGER IF EXISTS {trigger}")
+        for statement in _triggers_sql(table):
+            conn.execute(statement)

@@ -1,0 +1,459 @@
+"""``ChangesWorker``: the one owner of the client database (app API + ``ChangesPort``).
+
+Runs in the browser's Changes Worker (Pyodide, stdlib ``sqlite3`` on OPFS) and
+natively (``tidesync.connect``).  Every public method takes one asyncio lock,
+so calls from the page and from the Sync side never interleave inside a
+transaction, and every method commits (or rolls back) before it returns:
+
+* a local write commits the row and its ``local_changes`` record together and
+  is durable when the call returns; then ``on_local_change`` listeners hear of
+  it (the Sync side sends it) and ``on_tables_changed`` listeners (live queries);
+* server data goes through ``DirectSqlProcessor`` (one transaction per batch
+  with its LSN) and ``InitialSync`` (snapshot swapped in at once).
+
+Call ``await ChangesWorker.open(path)`` (or construct it and ``await init()``),
+then use it; ``close()`` at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from tidesync.changes.db import get_state, open_connection, set_state, write_transaction
+from tidesync.changes.direct_sql_processor import DirectSqlProcessor
+from tidesync.changes.initial_sync import InitialSync, clear_synced_rows
+from tidesync.changes.live_queries import LiveQueries
+from tidesync.changes.local_schema import LOCAL_DDL, install_triggers
+from tidesync.changes.results import record_results
+from tidesync.changes.retry_manager import RetryManager, RetryPolicy
+from tidesync.changes.writes import LocalWriter, WriteOp, WriteResult
+from tidesync.checksums import table_checksum
+from tidesync.schema import Schema
+from tidesync.worker_sync.shared.changes_port import ApplyOutcome, LocalState
+from tidesync.worker_sync.shared.hlc import HybridLogicalClock
+from tidesync.worker_sync.shared.lsn_manager import format_lsn
+from tidesync.worker_sync.shared.message_types import ChangeResult, Operation, TableChange
+
+__all__ = ["ChangesWorker", "Transaction"]
+
+log = logging.getLogger(__name__)
+
+Rows = list[dict[str, Any]]
+TablesListener = Callable[[tuple[str, ...], str], None]
+
+
+class Transaction:
+    """Writes and reads inside one open transaction (``async with worker.transaction() as tx``)."""
+
+    def __init__(self, writer: LocalWriter, conn: sqlite3.Connection) -> None:
+        self._writer = writer
+        self._conn = conn
+
+    async def insert(self, table: str, row: Mapping[str, Any]) -> WriteResult:
+        return self._writer.insert(table, row)
+
+    async def update(self, table: str, row: Mapping[str, Any]) -> WriteResult:
+        return self._writer.update(table, row)
+
+    async def delete(self, table: str, key: Any) -> WriteResult:
+        return self._writer.delete(table, key)
+
+    async def upsert(self, table: str, row: Mapping[str, Any]) -> WriteResult:
+        return self._writer.upsert(table, row)
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> WriteResult:
+        return self._writer.execute(sql, params)
+
+    async def query(self, sql: str, params: Sequence[Any] = ()) -> Rows:
+        return _rows(self._conn.execute(sql, params))
+
+
+class ChangesWorker:
+    """The client database: local writes, reads, and the Sync side's ``ChangesPort``."""
+
+    def __init__(
+        self,
+        conn_or_path: sqlite3.Connection | str,
+        schema: Schema | None = None,
+        *,
+        now_ms: Callable[[], int] | None = None,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        retry_policy: RetryPolicy | None = None,
+        random: Callable[[], float] | None = None,
+        pragmas: Mapping[str, str | int] | None = None,
+    ) -> None:
+        if isinstance(conn_or_path, sqlite3.Connection):
+            self._conn = conn_or_path
+            self._conn.isolation_level = None
+            self._conn.row_factory = sqlite3.Row
+            self._conn.execute("PRAGMA foreign_keys = ON")
+        else:
+            self._conn = open_connection(conn_or_path, pragmas)
+        self.schema = schema or Schema.demo()
+        self._sleep = sleep
+        retry_args = {} if random is None else {"random": random}
+        self._retry = RetryManager(retry_policy or RetryPolicy(), **retry_args)
+        self._lock = asyncio.Lock()
+        self._hlc = HybridLogicalClock() if now_ms is None else HybridLogicalClock(now_ms)
+        self._now_ms = self._hlc.now_ms
+        self._local_listeners: list[Callable[[], None]] = []
+        self._tables_listeners: list[TablesListener] = []
+        self._result_listeners: list[Callable[[str, Rows], None]] = []
+        self.client_id = ""
+        self._init_db()
+        self._processor = DirectSqlProcessor(
+            self._conn, self.schema, self.client_id, self._observe_time
+        )
+        self._initial = InitialSync(self._conn, self.schema, self._processor)
+        self._writer = LocalWriter(self._conn, self.schema, self._hlc.tick_iso)
+        self._live = LiveQueries(self._conn, self._query_now, self._emit_result)
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls, path: str, *, schema_sql: str | None = None, **options: Any
+    ) -> ChangesWorker:
+        """Open (or create) the database at ``path`` for the app schema ``schema_sql``."""
+        schema = Schema.from_sql(schema_sql) if schema_sql else Schema.demo()
+        return cls(path, schema, **options)
+
+    def _init_db(self) -> None:
+        """App tables (missing ones only), sync tables, triggers, client id: one transaction."""
+        conn = self._conn
+        existing = _table_names(conn)
+        if not existing & set(self.schema.tables) and self.schema.sql:
+            conn.executescript(self.schema.sql)  # fresh database: indexes and all
+            existing = _table_names(conn)
+        conn.executescript(LOCAL_DDL)
+        with write_transaction(conn, applying=False):
+            for name in self.schema.order:
+                if name not in existing:
+                    conn.execute(self.schema.tables[name].create_sql)
+            install_triggers(conn, self.schema)
+            client_id = get_state(conn, "client_id")
+            if client_id is None:
+                client_id = str(uuid.uuid4())
+                set_state(conn, "client_id", client_id)
+        self.client_id = client_id
+        self._hlc.last = int(get_state(conn, "hlc_last") or 0)
+
+    # --- listeners ----------------------------------------------------------------------------
+
+    def on_local_change(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """``callback()`` after each commit that recorded local changes; returns an unsubscribe."""
+        return _add(self._local_listeners, callback)
+
+    def on_tables_changed(self, callback: TablesListener) -> Callable[[], None]:
+        """``callback(tables, source)``; source: local, server, initial, results, reset."""
+        return _add(self._tables_listeners, callback)
+
+    def on_query_result(self, callback: Callable[[str, Rows], None]) -> Callable[[], None]:
+        """Live query results: ``callback(sub_id, rows)``."""
+        return _add(self._result_listeners, callback)
+
+    def _emit_result(self, sub_id: str, rows: Rows) -> None:
+        _call_all(self._result_listeners, sub_id, rows)
+
+    def _tables_changed(self, tables: Sequence[str], source: str) -> None:
+        if not tables:
+            return
+        names = tuple(sorted(set(tables)))
+        self._live.tables_changed(names)
+        _call_all(self._tables_listeners, names, source)
+
+    # --- app API ------------------------------------------------------------------------------
+
+    async def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Rows:
+        async with self._lock:
+            return self._query_now(sql, params)
+
+    def _query_now(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Rows:
+        return _rows(self._conn.execute(sql, params))
+
+    async def execute(
+        self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
+    ) -> WriteResult:
+        """Raw SQL; writes to synced tables are recorded by the triggers."""
+        return (await self.run_transaction([WriteOp("execute", sql=sql, params=params)]))[0]
+
+    async def insert(self, table: str, row: Mapping[str, Any]) -> WriteResult:
+        return (await self.run_transaction([WriteOp("insert", table, row)]))[0]
+
+    async def update(self, table: str, row: Mapping[str, Any]) -> WriteResult:
+        return (await self.run_transaction([WriteOp("update", table, row)]))[0]
+
+    async def delete(self, table: str, key: Any) -> WriteResult:
+        """``key``: the primary key value or a mapping holding the key columns."""
+        async with self.transaction() as tx:
+            return await tx.delete(table, key)
+
+    async def upsert(self, table: str, row: Mapping[str, Any]) -> WriteResult:
+        return (await self.run_transaction([WriteOp("upsert", table, row)]))[0]
+
+    async def run_transaction(self, ops: Sequence[WriteOp]) -> list[WriteResult]:
+        """Several writes, all or nothing; one result per op."""
+        async with self.transaction():
+            return [self._writer.run(op) for op in ops]
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        """``async with worker.transaction() as tx``: commit at the end, roll back on error."""
+        async with self._lock:
+            before = self._max_seq()
+            with write_transaction(self._conn, applying=False):
+                yield Transaction(self._writer, self._conn)
+                set_state(self._conn, "hlc_last", self._hlc.last)
+            tables = [
+                r[0]
+                for r in self._conn.execute(
+                    "SELECT DISTINCT table_name FROM local_changes WHERE seq > ?", (before,)
+                )
+            ]
+        if tables:
+            _call_all(self._local_listeners)
+            self._tables_changed(tables, "local")
+
+    async def pending_changes(self) -> Rows:
+        """Local changes the server has not acknowledged, oldest first."""
+        async with self._lock:
+            return self._query_now(
+                "SELECT * FROM local_changes WHERE from_server = 0 AND state = 'pending' "
+                "ORDER BY seq"
+            )
+
+    async def local_changes(
+        self, limit: int = 100, offset: int = 0, state: str | None = None
+    ) -> Rows:
+        """The change history, newest first (the inspector's view)."""
+        where, params = ("WHERE state = ?", [state]) if state else ("", [])
+        async with self._lock:
+            return self._query_now(
+                f"SELECT * FROM local_changes {where} ORDER BY seq DESC LIMIT ? OFFSET ?",
+                [*params, int(limit), int(offset)],
+            )
+
+    async def status(self) -> dict[str, Any]:
+        async with self._lock:
+            counts = dict(
+                self._conn.execute(
+                    "SELECT state, count(*) FROM local_changes WHERE from_server = 0 "
+                    "OR state IN ('failed', 'retrying') GROUP BY state"
+                ).fetchall()
+            )
+            return {
+                "clientId": self.client_id,
+                "lsn": format_lsn(self._lsn()),
+                "initialized": self._initialized(),
+                "pending": counts.get("pending", 0),
+                "rejected": counts.get("rejected", 0),
+                "failed": counts.get("failed", 0) + counts.get("retrying", 0),
+            }
+
+    async def table_checksums(self, tables: Sequence[str] | None = None) -> dict[str, str]:
+        """Order-independent checksums (``tidesync.checksums``) of the synced tables, one read."""
+        names = [n for n in (tables or self.schema.order) if self.schema.table(n) is not None]
+        async with self._lock:
+            self._conn.execute("BEGIN")
+            try:
+                cursor = self._conn.cursor()
+                return {n: table_checksum(cursor, self.schema.tables[n]) for n in names}
+            finally:
+                self._conn.execute("COMMIT")
+
+    async def subscribe(self, sub_id: str, sql: str, params: Sequence[Any] = ()) -> Rows:
+        async with self._lock:
+            return self._live.subscribe(sub_id, sql, params)
+
+    async def unsubscribe(self, sub_id: str) -> bool:
+        return self._live.unsubscribe(sub_id)
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            async with self._lock:
+                self._conn.close()
+
+    # --- ChangesPort --------------------------------------------------------------------------
+
+    async def local_state(self) -> LocalState:
+        async with self._lock:
+            pending = self._conn.execute(
+                "SELECT count(*) FROM local_changes WHERE from_server = 0 AND state = 'pending'"
+            ).fetchone()[0]
+            return LocalState(self.client_id, self._lsn(), int(pending), self._initialized())
+
+    async def observe_server_time(self, millis: int) -> None:
+        """Feed the HLC (persisted with the next write, not here: no fsync per message)."""
+        self._hlc.observe(millis)
+
+    async def begin_initial_sync(self, server_lsn: int) -> None:
+        async with self._lock:
+            self._initial.begin(server_lsn)
+
+    async def stage_initial_chunk(self, table: str, changes: Sequence[TableChange]) -> None:
+        async with self._lock:
+            self._initial.stage(table, changes)
+
+    async def commit_initial_sync(self, server_lsn: int) -> ApplyOutcome:
+        async with self._lock:
+            result = self._initial.commit(server_lsn)
+        self._tables_changed(sorted(result.tables), "initial")
+        return _outcome(result.lsn, result.applied, result.skipped, result.failed, result.tables)
+
+    async def abort_initial_sync(self) -> None:
+        async with self._lock:
+            self._initial.abort()
+
+    async def apply_server_changes(
+        self, changes: Sequence[TableChange], last_lsn: int, *, source: str
+    ) -> ApplyOutcome:
+        """One transaction per try; failed tries are recorded and retried with backoff.
+
+        After ``max_attempts`` failures the batch is applied change by change and
+        what still fails is marked ``failed``, so this always returns (or raises
+        when even that transaction cannot commit, e.g. the disk is gone).
+        """
+        key = f"{source}:{last_lsn}"
+        async with self._lock:
+            while True:
+                isolate = self._retry.should_give_up(key)
+                try:
+                    result = self._processor.apply_batch(
+                        changes, last_lsn, self._lsn(), isolate=isolate
+                    )
+                    break
+                except sqlite3.Error as exc:
+                    if isolate:
+                        raise
+                    self._retry.record_failure(key)
+                    delay = self._retry.next_delay(key)
+                    log.warning(
+                        "server batch up to %s failed (%s); retry in %.2fs",
+                        format_lsn(last_lsn),
+                        exc,
+                        delay,
+                    )
+                    retry_at = self._now_ms() + int(delay * 1000)
+                    self._processor.record_failure(
+                        changes, f"{type(exc).__name__}: {exc}", retry_at
+                    )
+                    await self._sleep(delay)
+            self._retry.reset(key)
+        self._tables_changed(sorted(result.tables), "server")
+        return _outcome(result.lsn, result.applied, result.skipped, result.failed, result.tables)
+
+    async def advance_lsn(self, lsn: int) -> None:
+        async with self._lock:
+            if lsn > self._lsn():
+                with write_transaction(self._conn, applying=True):
+                    set_state(self._conn, "lsn", lsn)
+
+    async def unsynced_changes(self, limit: int) -> list[TableChange]:
+        async with self._lock:
+            rows = self._conn.execute(
+                "SELECT id, table_name, operation, data, updated_at FROM local_changes "
+                "WHERE from_server = 0 AND state = 'pending' ORDER BY seq LIMIT ?",
+                (int(limit),),
+            ).fetchall()
+        return [
+            TableChange(
+                id=r[0],
+                table=r[1],
+                operation=Operation(r[2]),
+                data=json.loads(r[3]),
+                updated_at=r[4],
+            )
+            for r in rows
+        ]
+
+    async def mark_sent(self, change_ids: Sequence[str]) -> None:
+        async with self._lock, _in_txn(self._conn):
+            self._conn.executemany(
+                "UPDATE local_changes SET attempts = attempts + 1, "
+                "updated_at_row = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') "
+                "WHERE id = ? AND from_server = 0",
+                [(i,) for i in change_ids],
+            )
+
+    async def record_results(self, results: Sequence[ChangeResult]) -> ApplyOutcome:
+        async with self._lock:
+            result = record_results(self._conn, self.schema, self._processor, results, self._lsn())
+        self._tables_changed(sorted(result.tables), "results")
+        return _outcome(result.lsn, result.applied, result.skipped, result.failed, result.tables)
+
+    async def reset_for_reinit(self) -> None:
+        """``lsn_ahead``: keep pending local changes, drop synced rows, back to 0/0.
+
+        The old server's LSNs on acknowledged changes mean nothing to the new
+        one, so they are cleared (they would wrongly protect rows from updates).
+        """
+        async with self._lock:
+            with write_transaction(self._conn, applying=True, foreign_keys=False):
+                clear_synced_rows(self._conn, self.schema)
+                set_state(self._conn, "lsn", 0)
+                set_state(self._conn, "initialized", 0)
+                self._conn.execute(
+                    "UPDATE local_changes SET lsn = NULL WHERE from_server = 0 AND state = 'synced'"
+                )
+        self._tables_changed(self.schema.order, "reset")
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def _lsn(self) -> int:
+        return int(get_state(self._conn, "lsn") or 0)
+
+    def _initialized(self) -> bool:
+        return get_state(self._conn, "initialized") == "1"
+
+    def _max_seq(self) -> int:
+        return int(
+            self._conn.execute("SELECT COALESCE(max(seq), 0) FROM local_changes").fetchone()[0]
+        )
+
+    def _observe_time(self, millis: int) -> int:
+        self._hlc.observe(millis)
+        return self._hlc.last
+
+
+@asynccontextmanager
+async def _in_txn(conn: sqlite3.Connection) -> AsyncIterator[None]:
+    with write_transaction(conn, applying=True):
+        yield
+
+
+def _table_names(conn: sqlite3.Connection) -> set[str]:
+    return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def _rows(cursor: sqlite3.Cursor) -> Rows:
+    names = [d[0] for d in cursor.description or ()]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+def _outcome(lsn: int, applied: int, skipped: int, failed: int, tables: Any) -> ApplyOutcome:
+    return ApplyOutcome(lsn, applied, skipped, failed, tuple(sorted(tables)))
+
+
+def _add(listeners: list[Any], callback: Any) -> Callable[[], None]:
+    listeners.append(callback)
+
+    def remove() -> None:
+        if callback in listeners:
+            listeners.remove(callback)
+
+    return remove
+
+
+def _call_all(listeners: Sequence[Callable[..., None]], *args: Any) -> None:
+    for callback in list(listeners):
+        try:
+            callback(*args)
+        except Exception:
+            log.exception("listener %r failed", callback)

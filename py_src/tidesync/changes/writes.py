@@ -1,0 +1,183 @@
+"""Local writes from the app: typed operations and raw SQL, inside a caller's transaction.
+
+The recording triggers do the bookkeeping; this module only makes sure each
+statement carries a fresh hybrid-logical-clock time (``_ts_ctx.now``, which the
+triggers stamp on the change, and the row's ``updated_at`` when the table has
+one), that typed operations name only tables and columns of the ``Schema``, and
+that raw SQL cannot end the surrounding transaction or write the sync tables.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tidesync.changes.db import set_now
+from tidesync.changes.local_schema import INTERNAL_TABLES
+from tidesync.schema import Schema, TableInfo, quote_ident
+
+__all__ = ["LocalWriter", "WriteError", "WriteOp", "WriteResult"]
+
+WriteResult = dict[str, Any]  # {"rowsAffected": int, "lastInsertRowid": int | None}
+
+_TYPED_OPS = ("insert", "update", "delete", "upsert")
+_WRITES = (sqlite3.SQLITE_INSERT, sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_DELETE)
+_DROPS = (sqlite3.SQLITE_DROP_TABLE, sqlite3.SQLITE_DROP_TRIGGER)
+
+
+class WriteError(ValueError):
+    """A write the app asked for that does not fit the schema (nothing was written)."""
+
+
+@dataclass(frozen=True)
+class WriteOp:
+    """One operation of a transaction: a typed ``insert/update/delete/upsert`` or ``execute``."""
+
+    op: str
+    table: str | None = None
+    row: Mapping[str, Any] | None = None
+    sql: str | None = None
+    params: Sequence[Any] | Mapping[str, Any] = field(default=())
+
+
+def _is_internal(name: str | None) -> bool:
+    return bool(name) and (str(name).startswith("_ts_") or name in INTERNAL_TABLES)
+
+
+def _guard(
+    action: int, arg1: str | None, _arg2: str | None, _db: str | None, inner: str | None
+) -> int:
+    """Authorizer for raw SQL: no transaction control, no direct writes to sync tables."""
+    if action in (sqlite3.SQLITE_TRANSACTION, sqlite3.SQLITE_SAVEPOINT):
+        return sqlite3.SQLITE_DENY
+    if action in _WRITES and inner is None and _is_internal(arg1):
+        return sqlite3.SQLITE_DENY
+    if action in _DROPS and _is_internal(arg1):
+        return sqlite3.SQLITE_DENY
+    return sqlite3.SQLITE_OK
+
+
+class LocalWriter:
+    """Runs app writes on ``conn``; the caller holds a ``write_transaction(applying=False)``."""
+
+    def __init__(self, conn: sqlite3.Connection, schema: Schema, tick: Callable[[], str]) -> None:
+        self._conn = conn
+        self._schema = schema
+        self._tick = tick
+
+    def run(self, op: WriteOp) -> WriteResult:
+        if op.op == "execute":
+            if not isinstance(op.sql, str):
+                raise WriteError("execute needs 'sql'")
+            return self.execute(op.sql, op.params)
+        if op.op not in _TYPED_OPS:
+            raise WriteError(f"unknown operation {str(op.op)[:40]!r}")
+        if op.row is None:
+            raise WriteError(f"{op.op} needs a row")
+        method: Callable[[Any, Mapping[str, Any]], WriteResult] = getattr(self, op.op)
+        return method(op.table, op.row)
+
+    def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> WriteResult:
+        """Raw SQL; writes to synced tables are recorded by the triggers."""
+        set_now(self._conn, self._tick())
+        self._conn.set_authorizer(_guard)
+        try:
+            cursor = self._conn.execute(sql, params)
+        finally:
+            self._conn.set_authorizer(None)
+        return {"rowsAffected": max(cursor.rowcount, 0), "lastInsertRowid": cursor.lastrowid}
+
+    def insert(self, table: object, row: Mapping[str, Any]) -> WriteResult:
+        info, data = self._prepare(table, row, full_row=True)
+        cols = list(data)
+        return self._run(
+            f"INSERT INTO {quote_ident(info.name)} ({_idents(cols)}) VALUES ({_marks(cols)})",
+            [data[c] for c in cols],
+        )
+
+    def upsert(self, table: object, row: Mapping[str, Any]) -> WriteResult:
+        """Insert, or update the row with the same key (never REPLACE: that would cascade)."""
+        info, data = self._prepare(table, row, full_row=True)
+        cols = list(data)
+        others = [c for c in cols if c not in info.primary_key]
+        action = (
+            "DO UPDATE SET "
+            + ", ".join(f"{quote_ident(c)} = excluded.{quote_ident(c)}" for c in others)
+            if others
+            else "DO NOTHING"
+        )
+        return self._run(
+            f"INSERT INTO {quote_ident(info.name)} ({_idents(cols)}) VALUES ({_marks(cols)}) "
+            f"ON CONFLICT ({_idents(info.primary_key)}) {action}",
+            [data[c] for c in cols],
+        )
+
+    def update(self, table: object, row: Mapping[str, Any]) -> WriteResult:
+        """``row`` holds the key plus the columns to change."""
+        info = self._table(table)
+        if not any(c not in info.primary_key for c in row):
+            raise WriteError("update needs at least one column besides the primary key")
+        info, data = self._prepare(table, row, full_row=False)
+        sets = [c for c in data if c not in info.primary_key]
+        where = " AND ".join(f"{quote_ident(c)} = ?" for c in info.primary_key)
+        return self._run(
+            f"UPDATE {quote_ident(info.name)} SET "
+            + ", ".join(f"{quote_ident(c)} = ?" for c in sets)
+            + f" WHERE {where}",
+            [data[c] for c in sets] + [data[c] for c in info.primary_key],
+        )
+
+    def delete(self, table: object, key: Any) -> WriteResult:
+        """``key``: the primary key value, or a mapping holding the key columns."""
+        info = self._table(table)
+        if not isinstance(key, Mapping):
+            if len(info.primary_key) != 1:
+                raise WriteError(f"table '{info.name}' has a composite key: pass a mapping")
+            key = {info.primary_key[0]: key}
+        data = {c: key.get(c) for c in info.primary_key}
+        problem = self._schema.validate_change_data(info, data, full_row=False)
+        if problem:
+            raise WriteError(problem)
+        set_now(self._conn, self._tick())
+        where = " AND ".join(f"{quote_ident(c)} = ?" for c in info.primary_key)
+        cursor = self._conn.execute(
+            f"DELETE FROM {quote_ident(info.name)} WHERE {where}", list(data.values())
+        )
+        return {"rowsAffected": cursor.rowcount, "lastInsertRowid": None}
+
+    def _table(self, table: object) -> TableInfo:
+        info = self._schema.table(table)
+        if info is None:
+            raise WriteError(f"unknown table {str(table)[:60]!r}")
+        return info
+
+    def _prepare(
+        self, table: object, row: Mapping[str, Any], *, full_row: bool
+    ) -> tuple[TableInfo, dict[str, Any]]:
+        """Check ``row`` against the schema and stamp ``updated_at`` with a fresh time."""
+        info = self._table(table)
+        if not isinstance(row, Mapping):
+            raise WriteError("row must be an object of column values")
+        data = dict(row)
+        problem = self._schema.validate_change_data(info, data, full_row=full_row)
+        if problem:
+            raise WriteError(problem)
+        now = self._tick()
+        if info.has_updated_at:
+            data["updated_at"] = now
+        set_now(self._conn, now)
+        return info, data
+
+    def _run(self, sql: str, params: list[Any]) -> WriteResult:
+        cursor = self._conn.execute(sql, params)
+        return {"rowsAffected": cursor.rowcount, "lastInsertRowid": cursor.lastrowid}
+
+
+def _idents(names: Sequence[str]) -> str:
+    return ", ".join(quote_ident(n) for n in names)
+
+
+def _marks(names: Sequence[str]) -> str:
+    return ", ".join("?" for _ in names)
