@@ -112,6 +112,7 @@ const mounted = new Set();
  * @property {string} dir          OPFS directory path, e.g. "tidesync"
  * @property {string[]} databases  database names as given in `files`
  * @property {string[]} files      every pre-opened file name (databases x suffixes)
+ * @property {string[]} recommendedPragmas  a copy of RECOMMENDED_PRAGMAS, for Python
  * @property {OpfsStats} stats
  * @property {boolean} closed
  * @property {(name: string) => string} path  absolute FS path of a file in the mount
@@ -564,6 +565,7 @@ export async function mountOpfs(pyodide, options = {}) {
     dir,
     databases: [...files],
     files: names,
+    recommendedPragmas: [...RECOMMENDED_PRAGMAS],
     stats,
     get closed() {
       return closed;

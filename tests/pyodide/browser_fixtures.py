@@ -1,4 +1,7 @@
-"""Fixtures for tests that run real Pyodide in real Chromium (see browser_harness.py).
+"""Pytest fixtures for real Pyodide in real Chromium (see browser_harness.py).
+
+Imported by tests/pyodide/conftest.py and tests/e2e/conftest.py with
+``from browser_fixtures import *``.
 
 Fixtures:
   site_url         session: base URL of a static server for _site/ (+ /__tests__/)
@@ -17,6 +20,7 @@ dedicated workers, which is where tidesync runs SQLite.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -27,7 +31,6 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import contextlib
 
 from browser_harness import (
     HarnessPage,
@@ -36,6 +39,16 @@ from browser_harness import (
     require_chromium,
     site_server,
 )
+
+__all__ = [
+    "browser_context",
+    "harness_page",
+    "new_context",
+    "opfs_dir",
+    "playwright_sync",
+    "py_worker",
+    "site_url",
+]
 
 
 @pytest.fixture(scope="session")

@@ -100,7 +100,12 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         return str(_safe_join(self.mounts["/"], clean.lstrip("/")))
 
     def end_headers(self) -> None:
-        self.send_header("Cache-Control", "no-store")
+        # Pinned Pyodide files may be cached (Chromium then reuses the compiled wasm,
+        # which makes every further worker boot faster); everything else is fresh.
+        if self.path.startswith("/pyodide/"):
+            self.send_header("Cache-Control", "public, max-age=3600")
+        else:
+            self.send_header("Cache-Control", "no-store")
         super().end_headers()
 
     def log_message(self, format: str, *args: Any) -> None:
