@@ -1,0 +1,169 @@
+"""Local writes: each one records exactly its local_changes row in the same transaction."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tidesync.changes.worker import ChangesWorker
+from tidesync.changes.writes import WriteError, WriteOp
+from tidesync.worker_sync.shared.hlc import parse_timestamp
+
+T0 = 1_800_000_000_000
+
+
+def fixed_clock(start: int = T0) -> Callable[[], int]:
+    return lambda: start
+
+
+@pytest.fixture
+async def worker(tmp_path: Path) -> AsyncIterator[ChangesWorker]:
+    w = ChangesWorker(str(tmp_path / "client.db"), now_ms=fixed_clock())
+    yield w
+    await w.close()
+
+
+async def changes(w: ChangesWorker) -> list[dict[str, Any]]:
+    rows = await w.query("SELECT * FROM local_changes ORDER BY seq")
+    for row in rows:
+        row["data"] = json.loads(row["data"])
+    return rows
+
+
+async def seed(w: ChangesWorker) -> None:
+    await w.insert("projects", {"id": "p1", "name": "P"})
+    await w.insert("tasks", {"id": "t1", "project_id": "p1", "title": "T", "done": 0})
+
+
+async def test_insert_records_the_whole_row_once(worker: ChangesWorker) -> None:
+    await worker.insert("projects", {"id": "p1", "name": "P"})
+    [change] = await changes(worker)
+    assert change["operation"] == "insert"
+    assert change["table_name"] == "projects"
+    assert change["state"] == "pending" and change["from_server"] == 0
+    assert change["data"] == {"id": "p1", "name": "P", "updated_at": change["updated_at"]}
+    assert change["pk"] == '["p1"]'
+    assert len(change["id"]) == 36 and change["id"][14] == "4"
+
+
+async def test_update_records_only_changed_columns_including_null(worker: ChangesWorker) -> None:
+    await seed(worker)
+    await worker.update("tasks", {"id": "t1", "project_id": None, "title": "T"})
+    change = (await changes(worker))[-1]
+    assert change["operation"] == "update"
+    assert change["data"] == {"id": "t1", "project_id": None, "updated_at": change["updated_at"]}
+
+
+async def test_raw_execute_is_recorded_and_unchanged_rows_are_not(worker: ChangesWorker) -> None:
+    await seed(worker)
+    result = await worker.execute("UPDATE tasks SET done = ? WHERE id = ?", [1, "t1"])
+    assert result["rowsAffected"] == 1
+    await worker.execute("UPDATE tasks SET done = 1")  # no value changes: nothing to record
+    rows = await changes(worker)
+    assert len(rows) == 3
+    assert rows[-1]["data"] == {"id": "t1", "done": 1}
+
+
+async def test_primary_key_change_is_recorded_as_delete_then_insert(worker: ChangesWorker) -> None:
+    await seed(worker)
+    await worker.execute("UPDATE tasks SET id = 't2' WHERE id = 't1'")
+    delete, insert = (await changes(worker))[-2:]
+    assert (delete["operation"], delete["data"]) == ("delete", {"id": "t1"})
+    assert insert["operation"] == "insert" and insert["data"]["id"] == "t2"
+    assert insert["data"]["title"] == "T"
+
+
+async def test_delete_records_the_key(worker: ChangesWorker) -> None:
+    await seed(worker)
+    await worker.delete("tasks", "t1")
+    assert (await changes(worker))[-1]["data"] == {"id": "t1"}
+
+
+async def test_failing_write_records_nothing(worker: ChangesWorker) -> None:
+    await seed(worker)
+    with pytest.raises(sqlite3.IntegrityError):
+        await worker.insert("tasks", {"id": "t1", "title": "dup"})
+    with pytest.raises(sqlite3.IntegrityError):
+        await worker.run_transaction(
+            [
+                WriteOp("insert", "tasks", {"id": "t9", "title": "ok"}),
+                WriteOp("insert", "tasks", {"id": "t1", "title": "dup"}),
+            ]
+        )
+    assert len(await changes(worker)) == 2
+    assert [r["id"] for r in await worker.query("SELECT id FROM tasks")] == ["t1"]
+
+
+async def test_transaction_context_commits_all_or_nothing(worker: ChangesWorker) -> None:
+    await seed(worker)
+    with pytest.raises(RuntimeError):
+        async with worker.transaction() as tx:
+            await tx.insert("tasks", {"id": "t2", "title": "a"})
+            raise RuntimeError("app bug")
+    async with worker.transaction() as tx:
+        await tx.insert("tasks", {"id": "t3", "title": "b"})
+        await tx.update("tasks", {"id": "t3", "done": 1})
+        assert len(await tx.query("SELECT * FROM tasks")) == 2
+    ids = [r["id"] for r in await worker.query("SELECT id FROM tasks ORDER BY id")]
+    assert ids == ["t1", "t3"]
+    assert len(await changes(worker)) == 4
+
+
+async def test_identifiers_with_sql_in_them_are_rejected(worker: ChangesWorker) -> None:
+    with pytest.raises(WriteError):
+        await worker.insert("tasks; DROP TABLE tasks", {"id": "x", "title": "x"})
+    with pytest.raises(WriteError):
+        await worker.insert("tasks", {"id": "x", "title": "x", 'title" = 1; --': 1})
+    with pytest.raises(WriteError):
+        await worker.update("tasks", {"id": "x", "done": {"nested": 1}})
+    assert await changes(worker) == []
+
+
+async def test_raw_sql_cannot_touch_sync_tables_or_the_transaction(worker: ChangesWorker) -> None:
+    await seed(worker)
+    for sql in ("DELETE FROM local_changes", "UPDATE sync_state SET value = 'x'", "COMMIT"):
+        with pytest.raises(sqlite3.DatabaseError):
+            await worker.execute(sql)
+    assert len(await changes(worker)) == 2
+
+
+async def test_each_write_gets_a_later_time_and_updated_at_matches(worker: ChangesWorker) -> None:
+    await seed(worker)
+    await worker.update("tasks", {"id": "t1", "done": 1})
+    times = [parse_timestamp(r["updated_at"]) for r in await changes(worker)]
+    assert times == sorted(times) and len(set(times)) == len(times)
+    [task] = await worker.query("SELECT updated_at FROM tasks")
+    assert task["updated_at"] == (await changes(worker))[-1]["updated_at"]
+
+
+async def test_local_change_listeners_hear_commits_only(worker: ChangesWorker) -> None:
+    heard: list[Any] = []
+    worker.on_local_change(lambda: heard.append("local"))
+    worker.on_tables_changed(lambda tables, source: heard.append((tables, source)))
+    await seed(worker)
+    await worker.query("SELECT * FROM tasks")
+    with pytest.raises(WriteError):
+        await worker.insert("nope", {"id": 1})
+    assert heard == ["local", (("projects",), "local"), "local", (("tasks",), "local")]
+
+
+async def test_client_id_and_clock_survive_reopening(tmp_path: Path) -> None:
+    path = str(tmp_path / "client.db")
+    first = ChangesWorker(path, now_ms=fixed_clock())
+    await first.insert("projects", {"id": "p1", "name": "P"})
+    await first.insert("projects", {"id": "p2", "name": "P"})
+    state = await first.local_state()
+    last = (await changes(first))[-1]["updated_at"]
+    await first.close()
+    # The wall clock went backwards across the restart: times must still move forward.
+    second = ChangesWorker(path, now_ms=fixed_clock(T0 - 60_000))
+    await second.insert("projects", {"id": "p3", "name": "P"})
+    assert (await second.local_state()).client_id == state.client_id
+    newest = (await changes(second))[-1]["updated_at"]
+    assert parse_timestamp(newest) > parse_timestamp(last)
+    await second.close()
