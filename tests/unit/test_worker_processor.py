@@ -1,0 +1,126 @@
+"""worker_processor: checked commands from the page / Sync Worker, JSON-able replies."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tidesync.changes.worker import ChangesWorker
+from tidesync.changes.worker_processor import (
+    CommandError,
+    Delete,
+    Execute,
+    Query,
+    Transaction,
+    command_from_dict,
+    handle_request,
+)
+from tidesync.worker_sync.shared.port_codec import RemoteChangesPort
+
+
+@pytest.fixture
+async def worker(tmp_path: Path) -> AsyncIterator[ChangesWorker]:
+    w = ChangesWorker(str(tmp_path / "client.db"), now_ms=lambda: 1_800_000_000_000)
+    yield w
+    await w.close()
+
+
+async def call(worker: ChangesWorker, cmd: str, **args: Any) -> dict[str, Any]:
+    reply = await handle_request(worker, {"id": 7, "cmd": cmd, "args": args})
+    json.dumps(reply)  # every reply crosses postMessage: it must be JSON-able
+    assert reply["id"] == 7
+    return reply
+
+
+def test_commands_are_parsed_into_typed_dataclasses() -> None:
+    assert command_from_dict({"cmd": "query", "args": {"sql": "SELECT 1"}}) == Query("SELECT 1")
+    assert command_from_dict({"cmd": "execute", "args": {"sql": "x", "params": [1]}}) == Execute(
+        "x", (1,)
+    )
+    assert command_from_dict({"cmd": "delete", "args": {"table": "t", "row": {"id": 1}}}) == Delete(
+        "t", {"id": 1}
+    )
+    tx = command_from_dict({"cmd": "transaction", "args": {"ops": [{"op": "execute", "sql": "x"}]}})
+    assert isinstance(tx, Transaction) and tx.ops[0].sql == "x"
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        ({"cmd": "nope"}, "unknown command"),
+        ({"cmd": "query", "args": {}}, "'sql'"),
+        ({"cmd": "query", "args": {"sql": "x", "params": 5}}, "'params'"),
+        ({"cmd": "insert", "args": {"table": "t", "row": [1]}}, "'row'"),
+        ({"cmd": "transaction", "args": {"ops": [{"op": "drop"}]}}, "ops[0]"),
+        ({"cmd": "localChanges", "args": {"limit": -1}}, "'limit'"),
+        ({"cmd": "query", "args": "x"}, "'args'"),
+    ],
+)
+def test_invalid_requests_name_the_bad_field(request_: dict[str, Any], message: str) -> None:
+    with pytest.raises(CommandError, match=message.replace("[", r"\[")):
+        command_from_dict(request_)
+
+
+async def test_write_and_read_round_trip(worker: ChangesWorker) -> None:
+    assert (await call(worker, "insert", table="projects", row={"id": "p1", "name": "P"}))["ok"]
+    reply = await call(
+        worker,
+        "transaction",
+        ops=[
+            {"op": "insert", "table": "tasks", "row": {"id": "t1", "title": "a"}},
+            {"op": "execute", "sql": "UPDATE tasks SET done = ?", "params": [1]},
+        ],
+    )
+    assert reply["result"][1]["rowsAffected"] == 1
+    reply = await call(worker, "query", sql="SELECT id, done FROM tasks")
+    assert reply["result"] == [{"id": "t1", "done": 1}]
+    assert len((await call(worker, "pendingChanges"))["result"]) == 3
+    assert len((await call(worker, "localChanges", limit=2))["result"]) == 2
+    status = (await call(worker, "status"))["result"]
+    assert status["pending"] == 3 and status["lsn"] == "0/0"
+    checksums = (await call(worker, "tableChecksums", tables=["tasks"]))["result"]
+    assert list(checksums) == ["tasks"]
+
+
+async def test_errors_become_replies_and_nothing_is_written(worker: ChangesWorker) -> None:
+    reply = await call(worker, "insert", table="tasks", row={"id": "t1"})
+    assert reply == {
+        "id": 7,
+        "ok": False,
+        "error": {"type": "WriteError", "message": "column 'title' is required"},
+    }
+    reply = await call(worker, "execute", sql="SELEC nonsense")
+    assert reply["error"]["type"] == "OperationalError"
+    assert (await call(worker, "pendingChanges"))["result"] == []
+
+
+async def test_port_calls_reach_the_changes_port(worker: ChangesWorker) -> None:
+    async def over_the_channel(cmd: str, args: dict[str, Any]) -> Any:
+        reply = await handle_request(
+            worker, {"id": 1, "cmd": cmd, "args": json.loads(json.dumps(args))}
+        )
+        assert reply["ok"], reply
+        return reply["result"]
+
+    port = RemoteChangesPort(over_the_channel)
+    await worker.insert("projects", {"id": "p1", "name": "P"})
+    state = await port.local_state()
+    assert state.client_id == worker.client_id and state.pending_count == 1
+    [change] = await port.unsynced_changes(10)
+    assert change.table == "projects"
+    await port.advance_lsn(5)
+    assert (await worker.local_state()).lsn == 5
+
+
+async def test_live_query_subscription_sees_writes(worker: ChangesWorker) -> None:
+    seen: list[tuple[str, Any]] = []
+    worker.on_query_result(lambda sub_id, rows: seen.append((sub_id, rows)))
+    reply = await call(worker, "subscribe", subId="s1", sql="SELECT id FROM projects")
+    assert reply["result"] == []
+    await worker.insert("projects", {"id": "p1", "name": "P"})
+    assert seen[-1] == ("s1", [{"id": "p1"}])
+    assert (await call(worker, "unsubscribe", subId="s1"))["result"] is True
