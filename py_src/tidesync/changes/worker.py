@@ -33,7 +33,7 @@ from tidesync.changes.live_queries import LiveQueries
 from tidesync.changes.local_schema import LOCAL_DDL, install_triggers
 from tidesync.changes.results import record_results
 from tidesync.changes.retry_manager import RetryManager, RetryPolicy
-from tidesync.changes.writes import LocalWriter, WriteOp, WriteResult
+from tidesync.changes.writes import LocalWriter, Rows, Transaction, WriteOp, WriteResult, rows_of
 from tidesync.checksums import table_checksum
 from tidesync.schema import Schema
 from tidesync.worker_sync.shared.changes_port import ApplyOutcome, LocalState
@@ -41,38 +41,11 @@ from tidesync.worker_sync.shared.hlc import HybridLogicalClock
 from tidesync.worker_sync.shared.lsn_manager import format_lsn
 from tidesync.worker_sync.shared.message_types import ChangeResult, Operation, TableChange
 
-__all__ = ["ChangesWorker", "Transaction"]
+__all__ = ["ChangesWorker"]
 
 log = logging.getLogger(__name__)
 
-Rows = list[dict[str, Any]]
 TablesListener = Callable[[tuple[str, ...], str], None]
-
-
-class Transaction:
-    """Writes and reads inside one open transaction (``async with worker.transaction() as tx``)."""
-
-    def __init__(self, writer: LocalWriter, conn: sqlite3.Connection) -> None:
-        self._writer = writer
-        self._conn = conn
-
-    async def insert(self, table: str, row: Mapping[str, Any]) -> WriteResult:
-        return self._writer.insert(table, row)
-
-    async def update(self, table: str, row: Mapping[str, Any]) -> WriteResult:
-        return self._writer.update(table, row)
-
-    async def delete(self, table: str, key: Any) -> WriteResult:
-        return self._writer.delete(table, key)
-
-    async def upsert(self, table: str, row: Mapping[str, Any]) -> WriteResult:
-        return self._writer.upsert(table, row)
-
-    async def execute(self, sql: str, params: Sequence[Any] = ()) -> WriteResult:
-        return self._writer.execute(sql, params)
-
-    async def query(self, sql: str, params: Sequence[Any] = ()) -> Rows:
-        return _rows(self._conn.execute(sql, params))
 
 
 class ChangesWorker:
@@ -98,8 +71,9 @@ class ChangesWorker:
             self._conn = open_connection(conn_or_path, pragmas)
         self.schema = schema or Schema.demo()
         self._sleep = sleep
-        retry_args = {} if random is None else {"random": random}
-        self._retry = RetryManager(retry_policy or RetryPolicy(), **retry_args)
+        self._retry = RetryManager(retry_policy or RetryPolicy())
+        if random is not None:
+            self._retry.random = random
         self._lock = asyncio.Lock()
         self._hlc = HybridLogicalClock() if now_ms is None else HybridLogicalClock(now_ms)
         self._now_ms = self._hlc.now_ms
@@ -175,7 +149,7 @@ class ChangesWorker:
             return self._query_now(sql, params)
 
     def _query_now(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Rows:
-        return _rows(self._conn.execute(sql, params))
+        return rows_of(self._conn.execute(sql, params))
 
     async def execute(
         self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
@@ -430,11 +404,6 @@ async def _in_txn(conn: sqlite3.Connection) -> AsyncIterator[None]:
 
 def _table_names(conn: sqlite3.Connection) -> set[str]:
     return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-
-
-def _rows(cursor: sqlite3.Cursor) -> Rows:
-    names = [d[0] for d in cursor.description or ()]
-    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
 def _outcome(lsn: int, applied: int, skipped: int, failed: int, tables: Any) -> ApplyOutcome:

@@ -204,11 +204,14 @@ class Subscribe(Command):
     NAME: ClassVar[str] = "subscribe"
     sub_id: str
     sql: str
-    params: Params = ()
+    params: tuple[Any, ...] = ()
 
     @classmethod
     def from_args(cls, args: Mapping[str, Any]) -> Command:
-        return cls(_str(args, "subId"), _str(args, "sql"), _params(args))
+        params = _params(args)
+        if not isinstance(params, tuple):
+            raise CommandError("'params' of a live query must be a list")
+        return cls(_str(args, "subId"), _str(args, "sql"), params)
 
 
 @dataclass(frozen=True)

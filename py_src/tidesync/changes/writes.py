@@ -18,9 +18,10 @@ from tidesync.changes.db import set_now
 from tidesync.changes.local_schema import INTERNAL_TABLES
 from tidesync.schema import Schema, TableInfo, quote_ident
 
-__all__ = ["LocalWriter", "WriteError", "WriteOp", "WriteResult"]
+__all__ = ["LocalWriter", "Rows", "Transaction", "WriteError", "WriteOp", "WriteResult", "rows_of"]
 
 WriteResult = dict[str, Any]  # {"rowsAffected": int, "lastInsertRowid": int | None}
+Rows = list[dict[str, Any]]
 
 _TYPED_OPS = ("insert", "update", "delete", "upsert")
 _WRITES = (sqlite3.SQLITE_INSERT, sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_DELETE)
@@ -181,3 +182,34 @@ def _idents(names: Sequence[str]) -> str:
 
 def _marks(names: Sequence[str]) -> str:
     return ", ".join("?" for _ in names)
+
+
+def rows_of(cursor: sqlite3.Cursor) -> Rows:
+    names = [d[0] for d in cursor.description or ()]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+class Transaction:
+    """Writes and reads inside one open transaction (``async with worker.transaction() as tx``)."""
+
+    def __init__(self, writer: LocalWriter, conn: sqlite3.Connection) -> None:
+        self._writer = writer
+        self._conn = conn
+
+    async def insert(self, table: str, row: Mapping[str, Any]) -> WriteResult:
+        return self._writer.insert(table, row)
+
+    async def update(self, table: str, row: Mapping[str, Any]) -> WriteResult:
+        return self._writer.update(table, row)
+
+    async def delete(self, table: str, key: Any) -> WriteResult:
+        return self._writer.delete(table, key)
+
+    async def upsert(self, table: str, row: Mapping[str, Any]) -> WriteResult:
+        return self._writer.upsert(table, row)
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> WriteResult:
+        return self._writer.execute(sql, params)
+
+    async def query(self, sql: str, params: Sequence[Any] = ()) -> Rows:
+        return rows_of(self._conn.execute(sql, params))
