@@ -251,9 +251,18 @@ class HarnessPage:
     def crash(self) -> None:
         """Kill this page's renderer process (and its workers) like a tab crash."""
         cdp = self.page.context.new_cdp_session(self.page)
-        # The session dies with the renderer; that is the point.
+        crashed: list[bool] = []
+        self.page.on("crash", lambda _p: crashed.append(True))
+        # Page.crash never answers (the renderer dies); that is the point.
         with suppress(Exception):
-            cdp.send("Page.crash")
+            cdp.send("Page.crash", timeout=2000)
+        for _ in range(50):
+            if crashed:
+                break
+            with suppress(Exception):
+                self.page.wait_for_timeout(100)
+        if not crashed:
+            raise RuntimeError("Page.crash did not crash the renderer")
 
     def close(self) -> None:
         with suppress(Exception):
