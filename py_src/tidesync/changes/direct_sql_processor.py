@@ -30,6 +30,7 @@ from typing import Any
 
 from tidesync.changes.db import set_state, write_transaction
 from tidesync.changes.local_schema import NOW_SQL, pk_sql
+from tidesync.changes.writes import key_where, upsert_sql
 from tidesync.schema import Schema, TableInfo, quote_ident
 from tidesync.worker_sync.shared.hlc import lww_key, parse_timestamp
 from tidesync.worker_sync.shared.message_types import Operation, TableChange
@@ -220,19 +221,8 @@ class DirectSqlProcessor:
         self._conn.execute(f"DELETE FROM {quote_ident(table.name)} WHERE {where}", params)
 
     def _upsert(self, table: TableInfo, data: dict[str, Any], update_cols: Sequence[str]) -> None:
-        """INSERT ... ON CONFLICT DO UPDATE: never REPLACE, which would cascade-delete children."""
         cols = list(data)
-        conflict = ", ".join(quote_ident(c) for c in table.primary_key)
-        if update_cols:
-            sets = ", ".join(f"{quote_ident(c)} = excluded.{quote_ident(c)}" for c in update_cols)
-            action = f"DO UPDATE SET {sets}"
-        else:
-            action = "DO NOTHING"
-        self._conn.execute(
-            f"INSERT INTO {quote_ident(table.name)} ({', '.join(quote_ident(c) for c in cols)}) "
-            f"VALUES ({', '.join('?' for _ in cols)}) ON CONFLICT ({conflict}) {action}",
-            [data[c] for c in cols],
-        )
+        self._conn.execute(upsert_sql(table, cols, update_cols), [data[c] for c in cols])
 
     def _record(
         self,
@@ -279,5 +269,4 @@ class DirectSqlProcessor:
 
 
 def _where_key(table: TableInfo, data: dict[str, Any]) -> tuple[str, list[Any]]:
-    where = " AND ".join(f"{quote_ident(c)} = ?" for c in table.primary_key)
-    return where, [data[c] for c in table.primary_key]
+    return key_where(table), [data[c] for c in table.primary_key]

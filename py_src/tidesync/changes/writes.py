@@ -18,7 +18,17 @@ from tidesync.changes.db import set_now
 from tidesync.changes.local_schema import INTERNAL_TABLES
 from tidesync.schema import Schema, TableInfo, quote_ident
 
-__all__ = ["LocalWriter", "Rows", "Transaction", "WriteError", "WriteOp", "WriteResult", "rows_of"]
+__all__ = [
+    "LocalWriter",
+    "Rows",
+    "Transaction",
+    "WriteError",
+    "WriteOp",
+    "WriteResult",
+    "key_where",
+    "rows_of",
+    "upsert_sql",
+]
 
 WriteResult = dict[str, Any]  # {"rowsAffected": int, "lastInsertRowid": int | None}
 Rows = list[dict[str, Any]]
@@ -103,17 +113,7 @@ class LocalWriter:
         info, data = self._prepare(table, row, full_row=True)
         cols = list(data)
         others = [c for c in cols if c not in info.primary_key]
-        action = (
-            "DO UPDATE SET "
-            + ", ".join(f"{quote_ident(c)} = excluded.{quote_ident(c)}" for c in others)
-            if others
-            else "DO NOTHING"
-        )
-        return self._run(
-            f"INSERT INTO {quote_ident(info.name)} ({_idents(cols)}) VALUES ({_marks(cols)}) "
-            f"ON CONFLICT ({_idents(info.primary_key)}) {action}",
-            [data[c] for c in cols],
-        )
+        return self._run(upsert_sql(info, cols, others), [data[c] for c in cols])
 
     def update(self, table: object, row: Mapping[str, Any]) -> WriteResult:
         """``row`` holds the key plus the columns to change."""
@@ -122,11 +122,10 @@ class LocalWriter:
             raise WriteError("update needs at least one column besides the primary key")
         info, data = self._prepare(table, row, full_row=False)
         sets = [c for c in data if c not in info.primary_key]
-        where = " AND ".join(f"{quote_ident(c)} = ?" for c in info.primary_key)
         return self._run(
             f"UPDATE {quote_ident(info.name)} SET "
             + ", ".join(f"{quote_ident(c)} = ?" for c in sets)
-            + f" WHERE {where}",
+            + f" WHERE {key_where(info)}",
             [data[c] for c in sets] + [data[c] for c in info.primary_key],
         )
 
@@ -142,9 +141,8 @@ class LocalWriter:
         if problem:
             raise WriteError(problem)
         set_now(self._conn, self._tick())
-        where = " AND ".join(f"{quote_ident(c)} = ?" for c in info.primary_key)
         cursor = self._conn.execute(
-            f"DELETE FROM {quote_ident(info.name)} WHERE {where}", list(data.values())
+            f"DELETE FROM {quote_ident(info.name)} WHERE {key_where(info)}", list(data.values())
         )
         return {"rowsAffected": cursor.rowcount, "lastInsertRowid": None}
 
@@ -174,6 +172,27 @@ class LocalWriter:
     def _run(self, sql: str, params: list[Any]) -> WriteResult:
         cursor = self._conn.execute(sql, params)
         return {"rowsAffected": cursor.rowcount, "lastInsertRowid": cursor.lastrowid}
+
+
+def key_where(table: TableInfo) -> str:
+    """``"k1" = ? AND ...``; bind the key values in ``table.primary_key`` order."""
+    return " AND ".join(f"{quote_ident(c)} = ?" for c in table.primary_key)
+
+
+def upsert_sql(table: TableInfo, cols: Sequence[str], update_cols: Sequence[str]) -> str:
+    """INSERT ... ON CONFLICT (key) DO UPDATE: never REPLACE, which would cascade-delete children.
+
+    Binds the values of ``cols`` in order; ``update_cols`` are overwritten on conflict.
+    """
+    if update_cols:
+        sets = ", ".join(f"{quote_ident(c)} = excluded.{quote_ident(c)}" for c in update_cols)
+        action = f"DO UPDATE SET {sets}"
+    else:
+        action = "DO NOTHING"
+    return (
+        f"INSERT INTO {quote_ident(table.name)} ({_idents(cols)}) VALUES ({_marks(cols)}) "
+        f"ON CONFLICT ({_idents(table.primary_key)}) {action}"
+    )
 
 
 def _idents(names: Sequence[str]) -> str:
