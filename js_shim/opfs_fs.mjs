@@ -59,7 +59,6 @@ export const RECOMMENDED_PRAGMAS = Object.freeze([
   "PRAGMA temp_store=MEMORY",
   "PRAGMA wal_autocheckpoint=1000",
   "PRAGMA journal_size_limit=67108864",
-  "PRAGMA foreign_keys=ON",
 ]);
 
 /** Suffixes of the files SQLite may create next to a database file. */
