@@ -117,7 +117,7 @@ def copy_if_changed(src: Path, dst: Path) -> bool:
     """Copy src to dst unless dst already has the same size and mtime."""
     if dst.exists():
         s, d = src.stat(), dst.stat()
-        if s.st_size == d.st_size and int(s.st_mtime) == int(d.st_mtime):
+        if s.st_size == d.st_size and s.st_mtime_ns == d.st_mtime_ns:
             return False
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(dst.name + ".tmp")
