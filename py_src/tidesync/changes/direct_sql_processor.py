@@ -32,7 +32,7 @@ from tidesync.changes.db import set_state, write_transaction
 from tidesync.changes.local_schema import NOW_SQL, pk_sql
 from tidesync.changes.writes import key_where, upsert_sql
 from tidesync.schema import Schema, TableInfo, quote_ident
-from tidesync.worker_sync.shared.hlc import lww_key, parse_timestamp
+from tidesync.worker_sync.shared.hlc import TimestampError, lww_key, parse_timestamp
 from tidesync.worker_sync.shared.message_types import Operation, TableChange
 
 __all__ = ["LWW_SKIP_REASON", "BatchResult", "DirectSqlProcessor"]
@@ -87,7 +87,7 @@ class DirectSqlProcessor:
             for change in changes:
                 if change.lsn is not None and change.lsn <= current_lsn:
                     continue
-                latest = max(latest, parse_timestamp(change.updated_at))
+                latest = max(latest, _millis(change.updated_at))
                 if isolate:
                     state, reason = self._apply_isolated(change)
                 else:
@@ -151,6 +151,8 @@ class DirectSqlProcessor:
         table = self._schema.table(change.table)
         if table is None:
             return "failed", f"unknown table '{change.table[:60]}'"
+        if _millis(change.updated_at) < 0:
+            return "failed", f"bad updated_at {str(change.updated_at)[:40]!r}"
         data = dict(change.data)
         full_row = change.operation == Operation.INSERT
         problem = self._schema.validate_change_data(table, data, full_row=full_row)
@@ -247,7 +249,7 @@ class DirectSqlProcessor:
             "processed_sync = excluded.processed_sync, state = excluded.state, "
             "error = COALESCE(excluded.error, error), skip_reason = excluded.skip_reason, "
             "attempts = attempts + excluded.attempts, next_retry_at = excluded.next_retry_at, "
-            f"updated_at_row = {NOW_SQL} WHERE from_server = 1",
+            f"modified_at = {NOW_SQL} WHERE from_server = 1",
             (
                 change.id,
                 change.table,
@@ -266,6 +268,14 @@ class DirectSqlProcessor:
                 change.lsn,
             ),
         )
+
+
+def _millis(updated_at: object) -> int:
+    """Milliseconds of a change's time, -1 when it is not a timestamp (the change fails)."""
+    try:
+        return parse_timestamp(updated_at)
+    except TimestampError:
+        return -1
 
 
 def _where_key(table: TableInfo, data: dict[str, Any]) -> tuple[str, list[Any]]:

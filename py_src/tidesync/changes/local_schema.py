@@ -33,6 +33,7 @@ __all__ = [
     "NOW_SQL",
     "PENDING",
     "install_triggers",
+    "migrate_local_tables",
     "pk_sql",
     "sql_literal",
 ]
@@ -61,7 +62,7 @@ CREATE TABLE IF NOT EXISTS local_changes (
     next_retry_at INTEGER,
     lsn INTEGER,
     created_at TEXT NOT NULL DEFAULT ({NOW_SQL}),
-    updated_at_row TEXT NOT NULL DEFAULT ({NOW_SQL})
+    modified_at TEXT NOT NULL DEFAULT ({NOW_SQL})
 );
 CREATE INDEX IF NOT EXISTS local_changes_unsynced
     ON local_changes (seq) WHERE from_server = 0 AND state = 'pending';
@@ -165,6 +166,17 @@ def _triggers_sql(table: TableInfo) -> list[str]:
         + _record_sql(table, "delete", "OLD", _object_sql(pk_cols, "OLD"), "1")
         + "\nEND",
     ]
+
+
+def migrate_local_tables(conn: sqlite3.Connection) -> None:
+    """Bring a ``local_changes`` written by an earlier version up to ``LOCAL_DDL``.
+
+    Run before ``LOCAL_DDL``: early databases named ``modified_at``
+    ``updated_at_row``; the rename keeps their history (no rows are rewritten).
+    """
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(local_changes)")}
+    if "updated_at_row" in columns and "modified_at" not in columns:
+        conn.execute("ALTER TABLE local_changes RENAME COLUMN updated_at_row TO modified_at")
 
 
 def install_triggers(conn: sqlite3.Connection, schema: Schema) -> None:

@@ -52,7 +52,7 @@ def record_results(
             conn.execute(
                 "UPDATE local_changes SET state = ?, processed_sync = 1, lsn = COALESCE(?, lsn), "
                 "skip_reason = ?, error = ?, next_retry_at = NULL, "
-                f"updated_at_row = {NOW_SQL} WHERE seq = ?",
+                f"modified_at = {NOW_SQL} WHERE seq = ?",
                 (
                     state,
                     result.lsn,

@@ -30,10 +30,17 @@ from tidesync.changes.db import get_state, open_connection, set_state, write_tra
 from tidesync.changes.direct_sql_processor import DirectSqlProcessor
 from tidesync.changes.initial_sync import InitialSync, clear_synced_rows
 from tidesync.changes.live_queries import LiveQueries
-from tidesync.changes.local_schema import LOCAL_DDL, install_triggers
+from tidesync.changes.local_schema import LOCAL_DDL, install_triggers, migrate_local_tables
 from tidesync.changes.results import record_results
 from tidesync.changes.retry_manager import RetryManager, RetryPolicy
-from tidesync.changes.writes import LocalWriter, Rows, Transaction, WriteOp, WriteResult, rows_of
+from tidesync.changes.writes import (
+    LocalWriter,
+    Rows,
+    Transaction,
+    WriteOp,
+    WriteResult,
+    read_only,
+)
 from tidesync.checksums import table_checksum
 from tidesync.schema import Schema
 from tidesync.worker_sync.shared.changes_port import ApplyOutcome, LocalState
@@ -74,7 +81,11 @@ class ChangesWorker:
         self._retry = RetryManager(retry_policy or RetryPolicy())
         if random is not None:
             self._retry.random = random
+        # ``_lock``: one database user at a time.  ``_server_lock``: server data (which
+        # moves the LSN) is applied in order, even while a failed batch waits for its
+        # retry with ``_lock`` released (local writes go on meanwhile).  Order: server, db.
         self._lock = asyncio.Lock()
+        self._server_lock = asyncio.Lock()
         self._hlc = HybridLogicalClock() if now_ms is None else HybridLogicalClock(now_ms)
         self._now_ms = self._hlc.now_ms
         self._local_listeners: list[Callable[[], None]] = []
@@ -105,6 +116,7 @@ class ChangesWorker:
         if not existing & set(self.schema.tables) and self.schema.sql:
             conn.executescript(self.schema.sql)  # fresh database: indexes and all
             existing = _table_names(conn)
+        migrate_local_tables(conn)
         conn.executescript(LOCAL_DDL)
         with write_transaction(conn, applying=False):
             for name in self.schema.order:
@@ -149,7 +161,8 @@ class ChangesWorker:
             return self._query_now(sql, params)
 
     def _query_now(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Rows:
-        return rows_of(self._conn.execute(sql, params))
+        """A read; SQL that would write raises ``WriteError`` (use ``execute``)."""
+        return read_only(self._conn, sql, params)
 
     async def execute(
         self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
@@ -201,6 +214,10 @@ class ChangesWorker:
                 "SELECT * FROM local_changes WHERE from_server = 0 AND state = 'pending' "
                 "ORDER BY seq"
             )
+
+    async def pending_count(self) -> int:
+        """How many local changes the server has not acknowledged yet."""
+        return (await self.local_state()).pending_count
 
     async def local_changes(
         self, limit: int = 100, offset: int = 0, state: str | None = None
@@ -276,7 +293,7 @@ class ChangesWorker:
             self._initial.stage(table, changes)
 
     async def commit_initial_sync(self, server_lsn: int) -> ApplyOutcome:
-        async with self._lock:
+        async with self._server_lock, self._lock:
             result = self._initial.commit(server_lsn)
         self._tables_changed(sorted(result.tables), "initial")
         return _outcome(result.lsn, result.applied, result.skipped, result.failed, result.tables)
@@ -295,36 +312,27 @@ class ChangesWorker:
         when even that transaction cannot commit, e.g. the disk is gone).
         """
         key = f"{source}:{last_lsn}"
-        async with self._lock:
+        async with self._server_lock:
             while True:
-                isolate = self._retry.should_give_up(key)
-                try:
-                    result = self._processor.apply_batch(
-                        changes, last_lsn, self._lsn(), isolate=isolate
-                    )
-                    break
-                except sqlite3.Error as exc:
-                    if isolate:
-                        raise
-                    self._retry.record_failure(key)
-                    delay = self._retry.next_delay(key)
-                    log.warning(
-                        "server batch up to %s failed (%s); retry in %.2fs",
-                        format_lsn(last_lsn),
-                        exc,
-                        delay,
-                    )
-                    retry_at = self._now_ms() + int(delay * 1000)
-                    self._processor.record_failure(
-                        changes, f"{type(exc).__name__}: {exc}", retry_at
-                    )
-                    await self._sleep(delay)
+                async with self._lock:
+                    isolate = self._retry.should_give_up(key)
+                    try:
+                        result = self._processor.apply_batch(
+                            changes, last_lsn, self._lsn(), isolate=isolate
+                        )
+                        break
+                    except sqlite3.Error as exc:
+                        if isolate:
+                            self._retry.reset(key)
+                            raise
+                        delay = self._batch_failed(key, changes, last_lsn, exc)
+                await self._sleep(delay)  # the database is free for local writes meanwhile
             self._retry.reset(key)
         self._tables_changed(sorted(result.tables), "server")
         return _outcome(result.lsn, result.applied, result.skipped, result.failed, result.tables)
 
     async def advance_lsn(self, lsn: int) -> None:
-        async with self._lock:
+        async with self._server_lock, self._lock:
             if lsn > self._lsn():
                 with write_transaction(self._conn, applying=True):
                     set_state(self._conn, "lsn", lsn)
@@ -351,7 +359,7 @@ class ChangesWorker:
         async with self._lock, _in_txn(self._conn):
             self._conn.executemany(
                 "UPDATE local_changes SET attempts = attempts + 1, "
-                "updated_at_row = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') "
+                "modified_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') "
                 "WHERE id = ? AND from_server = 0",
                 [(i,) for i in change_ids],
             )
@@ -368,7 +376,7 @@ class ChangesWorker:
         The old server's LSNs on acknowledged changes mean nothing to the new
         one, so they are cleared (they would wrongly protect rows from updates).
         """
-        async with self._lock:
+        async with self._server_lock, self._lock:
             with write_transaction(self._conn, applying=True, foreign_keys=False):
                 clear_synced_rows(self._conn, self.schema)
                 set_state(self._conn, "lsn", 0)
@@ -379,6 +387,22 @@ class ChangesWorker:
         self._tables_changed(self.schema.order, "reset")
 
     # --- helpers ------------------------------------------------------------------------------
+
+    def _batch_failed(
+        self, key: str, changes: Sequence[TableChange], last_lsn: int, exc: sqlite3.Error
+    ) -> float:
+        """Count the failure, note it on the batch's history rows; return the delay to wait."""
+        self._retry.record_failure(key)
+        delay = self._retry.next_delay(key)
+        log.warning(
+            "server batch up to %s failed (%s); retry in %.2fs", format_lsn(last_lsn), exc, delay
+        )
+        retry_at = self._now_ms() + int(delay * 1000)
+        try:
+            self._processor.record_failure(changes, f"{type(exc).__name__}: {exc}", retry_at)
+        except sqlite3.Error:  # the bookkeeping is best effort: the retry is what matters
+            log.exception("could not record the failure of batch %s", format_lsn(last_lsn))
+        return delay
 
     def _lsn(self) -> int:
         return int(get_state(self._conn, "lsn") or 0)

@@ -10,7 +10,7 @@ so a bad request never takes the worker down.
 
 Command names (``cmd``) are stable; they are what ``js_shim/tidesync.mjs`` sends:
 ``query execute insert update delete upsert transaction pendingChanges
-localChanges subscribe unsubscribe status tableChecksums close`` and
+pendingCount localChanges subscribe unsubscribe status tableChecksums close`` and
 ``port.<ChangesPort method>`` (see ``worker_sync.shared.port_codec``).
 """
 
@@ -36,6 +36,7 @@ __all__ = [
     "Insert",
     "LocalChanges",
     "PendingChanges",
+    "PendingCount",
     "PortCall",
     "Query",
     "Status",
@@ -187,6 +188,11 @@ class PendingChanges(Command):
 
 
 @dataclass(frozen=True)
+class PendingCount(Command):
+    NAME: ClassVar[str] = "pendingCount"
+
+
+@dataclass(frozen=True)
 class LocalChanges(Command):
     NAME: ClassVar[str] = "localChanges"
     limit: int = 100
@@ -267,6 +273,7 @@ COMMANDS: dict[str, type[Command]] = {
         Upsert,
         Transaction,
         PendingChanges,
+        PendingCount,
         LocalChanges,
         Subscribe,
         Unsubscribe,
@@ -312,6 +319,8 @@ async def handle(worker: ChangesWorker, command: Command) -> Any:
             return await worker.run_transaction(ops)
         case PendingChanges():
             return await worker.pending_changes()
+        case PendingCount():
+            return await worker.pending_count()
         case LocalChanges(limit=limit, offset=offset, state=state):
             return await worker.local_changes(limit, offset, state)
         case Subscribe(sub_id=sub_id, sql=sql, params=params):

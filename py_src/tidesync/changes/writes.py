@@ -26,6 +26,7 @@ __all__ = [
     "WriteOp",
     "WriteResult",
     "key_where",
+    "read_only",
     "rows_of",
     "upsert_sql",
 ]
@@ -36,6 +37,24 @@ Rows = list[dict[str, Any]]
 _TYPED_OPS = ("insert", "update", "delete", "upsert")
 _WRITES = (sqlite3.SQLITE_INSERT, sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_DELETE)
 _DROPS = (sqlite3.SQLITE_DROP_TABLE, sqlite3.SQLITE_DROP_TRIGGER)
+_READ_ACTIONS = frozenset(
+    {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE}
+)
+# Pragmas that only report, even when given an argument (``PRAGMA table_info(tasks)``).
+_READ_PRAGMAS = frozenset(
+    {
+        "table_info",
+        "table_xinfo",
+        "table_list",
+        "index_list",
+        "index_info",
+        "index_xinfo",
+        "foreign_key_list",
+        "foreign_key_check",
+        "integrity_check",
+        "quick_check",
+    }
+)
 
 
 class WriteError(ValueError):
@@ -68,6 +87,39 @@ def _guard(
     if action in _DROPS and _is_internal(arg1):
         return sqlite3.SQLITE_DENY
     return sqlite3.SQLITE_OK
+
+
+def _read_guard(
+    action: int, arg1: str | None, arg2: str | None, _db: str | None, _inner: str | None
+) -> int:
+    """Authorizer for ``query``: reads and reporting pragmas only.
+
+    A write sneaked through ``query`` would be recorded without an HLC time and
+    without waking the Sync side, so it is refused: writes go through ``execute``.
+    """
+    if action in _READ_ACTIONS:
+        return sqlite3.SQLITE_OK
+    if action == sqlite3.SQLITE_PRAGMA and (arg2 is None or (arg1 or "").lower() in _READ_PRAGMAS):
+        return sqlite3.SQLITE_OK
+    return sqlite3.SQLITE_DENY
+
+
+def read_only(
+    conn: sqlite3.Connection, sql: str, params: Sequence[Any] | Mapping[str, Any]
+) -> Rows:
+    """Run ``sql`` as a read (``query``/live queries): anything that writes is refused."""
+    conn.set_authorizer(_read_guard)
+    try:
+        cursor = conn.execute(sql, params)
+    except sqlite3.DatabaseError as exc:
+        if "not authorized" in str(exc):
+            raise WriteError(
+                "query is read-only (writes go through execute or the typed writes)"
+            ) from exc
+        raise
+    finally:
+        conn.set_authorizer(None)
+    return rows_of(cursor)
 
 
 class LocalWriter:
@@ -231,4 +283,4 @@ class Transaction:
         return self._writer.execute(sql, params)
 
     async def query(self, sql: str, params: Sequence[Any] = ()) -> Rows:
-        return rows_of(self._conn.execute(sql, params))
+        return read_only(self._conn, sql, params)
