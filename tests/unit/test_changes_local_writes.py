@@ -167,3 +167,67 @@ async def test_client_id_and_clock_survive_reopening(tmp_path: Path) -> None:
     newest = (await changes(second))[-1]["updated_at"]
     assert parse_timestamp(newest) > parse_timestamp(last)
     await second.close()
+
+
+async def test_upsert_records_an_insert_then_only_the_changed_columns(
+    worker: ChangesWorker,
+) -> None:
+    await worker.upsert("projects", {"id": "p1", "name": "P"})
+    await worker.upsert("projects", {"id": "p1", "name": "renamed"})
+    first, second = await changes(worker)
+    assert first["operation"] == "insert" and first["data"]["name"] == "P"
+    assert second["operation"] == "update"
+    assert second["data"] == {"id": "p1", "name": "renamed", "updated_at": second["updated_at"]}
+
+
+async def test_query_refuses_writes_but_allows_reporting_pragmas(worker: ChangesWorker) -> None:
+    await seed(worker)
+    for sql in ("DELETE FROM tasks", "CREATE TABLE x (a)", "PRAGMA foreign_keys = OFF", "BEGIN"):
+        with pytest.raises(WriteError, match="read-only"):
+            await worker.query(sql)
+    assert len(await worker.query("SELECT * FROM tasks")) == 1
+    assert await worker.query("PRAGMA integrity_check") == [{"integrity_check": "ok"}]
+    assert {r["name"] for r in await worker.query("PRAGMA table_info(tasks)")} >= {"id", "title"}
+    assert (await worker.query("PRAGMA foreign_keys"))[0]["foreign_keys"] == 1
+    assert len(await changes(worker)) == 2
+
+
+async def test_pending_count_counts_unacknowledged_local_changes(worker: ChangesWorker) -> None:
+    await seed(worker)
+    await worker.update("tasks", {"id": "t1", "done": 1})
+    assert await worker.pending_count() == 3
+    [first, *_] = await worker.unsynced_changes(10)
+    await worker.mark_sent([first.id])
+    assert await worker.pending_count() == 3  # sent is not acknowledged
+    [sent] = await worker.query("SELECT attempts FROM local_changes WHERE id = ?", [first.id])
+    assert sent["attempts"] == 1
+
+
+async def test_unsynced_changes_come_oldest_first_with_their_ids_and_times(
+    worker: ChangesWorker,
+) -> None:
+    await seed(worker)
+    await worker.delete("tasks", "t1")
+    sent = await worker.unsynced_changes(2)
+    recorded = (await changes(worker))[:2]
+    assert [c.id for c in sent] == [r["id"] for r in recorded]
+    assert [c.updated_at for c in sent] == [r["updated_at"] for r in recorded]
+    assert [(c.table, str(c.operation)) for c in sent] == [
+        ("projects", "insert"),
+        ("tasks", "insert"),
+    ]
+
+
+async def test_an_older_local_changes_table_is_migrated_on_open(tmp_path: Path) -> None:
+    path = str(tmp_path / "client.db")
+    first = ChangesWorker(path, now_ms=fixed_clock())
+    await first.insert("projects", {"id": "p1", "name": "P"})
+    await first.close()
+    old = sqlite3.connect(path)
+    old.execute("ALTER TABLE local_changes RENAME COLUMN modified_at TO updated_at_row")
+    old.commit()
+    old.close()
+    second = ChangesWorker(path, now_ms=fixed_clock())
+    [change] = await changes(second)
+    assert change["modified_at"] and "updated_at_row" not in change
+    await second.close()

@@ -294,3 +294,56 @@ async def test_advance_lsn_only_moves_forward(worker: ChangesWorker) -> None:
     await worker.advance_lsn(10)
     await worker.advance_lsn(4)
     assert (await worker.local_state()).lsn == 10
+
+
+async def test_local_writes_go_on_while_a_failed_batch_waits_for_its_retry(
+    tmp_path: Path,
+) -> None:
+    wrote: list[str] = []
+    holder: dict[str, Any] = {}
+
+    async def sleep(_delay: float) -> None:
+        # Runs while the batch waits: the database must be free for the app.
+        w: ChangesWorker = holder["worker"]
+        await w.insert("projects", {"id": "p-during", "name": "written during backoff"})
+        wrote.append("done")
+        holder["side"].execute("DELETE FROM fail_ids")
+
+    w = ChangesWorker(
+        str(tmp_path / "client.db"),
+        now_ms=lambda: T0,
+        sleep=sleep,
+        retry_policy=RetryPolicy(base=0.01, max_attempts=3, jitter=0),
+    )
+    holder["worker"] = w
+    side = sqlite3.connect(str(tmp_path / "client.db"), isolation_level=None)
+    side.executescript(
+        "CREATE TABLE fail_ids (id TEXT PRIMARY KEY); INSERT INTO fail_ids VALUES ('t1');"
+        "CREATE TRIGGER fail_tasks BEFORE INSERT ON tasks "
+        "WHEN NEW.id IN (SELECT id FROM fail_ids) BEGIN SELECT RAISE(ABORT, 'disk says no'); END;"
+    )
+    holder["side"] = side
+    outcome = await w.apply_server_changes(
+        [change("s1", 1, "insert", id="t1", title="a")], 1, source="live"
+    )
+    assert wrote == ["done"] and (outcome.applied, outcome.lsn) == (1, 1)
+    assert await w.pending_count() == 1
+    side.close()
+    await w.close()
+
+
+async def test_a_change_with_a_bad_time_fails_alone(worker: ChangesWorker) -> None:
+    bad = TableChange(
+        id="s1",
+        table="tasks",
+        operation=Operation.INSERT,
+        data={"id": "t1", "title": "a"},
+        updated_at="yesterday",
+        lsn=1,
+    )
+    outcome = await worker.apply_server_changes(
+        [bad, change("s2", 2, "insert", id="t2", title="b")], 2, source="live"
+    )
+    assert (outcome.applied, outcome.failed, outcome.lsn) == (1, 1, 2)
+    history = await server_history(worker)
+    assert history["s1"]["state"] == "failed" and "updated_at" in history["s1"]["error"]

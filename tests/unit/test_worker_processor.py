@@ -124,3 +124,12 @@ async def test_live_query_subscription_sees_writes(worker: ChangesWorker) -> Non
     await worker.insert("projects", {"id": "p1", "name": "P"})
     assert seen[-1] == ("s1", [{"id": "p1"}])
     assert (await call(worker, "unsubscribe", subId="s1"))["result"] is True
+
+
+async def test_pending_count_command_reports_unacknowledged_changes(
+    worker: ChangesWorker,
+) -> None:
+    await call(worker, "insert", table="projects", row={"id": "p1", "name": "P"})
+    assert await call(worker, "pendingCount") == {"id": 7, "ok": True, "result": 1}
+    reply = await call(worker, "query", sql="DELETE FROM projects")
+    assert reply["ok"] is False and "read-only" in reply["error"]["message"]
