@@ -78,6 +78,8 @@ offlineButton.addEventListener("click", async () => {
   try {
     await (goingOffline ? db.goOffline() : db.goOnline());
     offline = goingOffline;
+    statusBar.userOffline = offline;
+    onStatus(db.status);
     offlineButton.textContent = offline ? "Go online" : "Go offline";
     offlineButton.setAttribute("aria-pressed", String(offline));
     offlineButton.classList.toggle("active", offline);

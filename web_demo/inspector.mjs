@@ -115,10 +115,9 @@ export class Inspector {
     $("[data-testid=inspector-role]").textContent = s.role;
     const t = s.timings ?? {};
     $("[data-testid=timing-ready]").textContent = formatMs(t.ready);
-    $("[data-testid=timing-workers]").textContent = formatMs(t.workers ?? t.boot ?? t.bootMillis);
-    $("[data-testid=timing-live]").textContent = t.live !== undefined ? formatMs(t.live) : (s.connected ? "…" : "not yet");
-    const clientId = /** @type {any} */ (s).clientId;
-    if (clientId) $("[data-testid=client-id]").textContent = String(clientId).slice(0, 8);
+    $("[data-testid=timing-boot]").textContent = formatMs(t.pyodideBoot ?? t.workers);
+    $("[data-testid=timing-db]").textContent = formatMs(t.dbOpen);
+    $("[data-testid=timing-live]").textContent = t.live !== undefined ? formatMs(t.live) : "not yet";
     // Any pending-count movement means rows changed state: refresh what is on screen.
     if (this.lastPending !== s.pending || this.lastLsn !== s.lsn) this.schedule();
     this.lastPending = s.pending;

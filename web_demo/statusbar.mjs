@@ -10,12 +10,17 @@ import { $, formatCount } from "./dom.mjs";
 /**
  * How the connection looks to a person: a word and a colour key.
  * @param {Status} s
+ * @param {boolean} userOffline the "Go offline" toggle is on in this tab
  * @returns {{text: string, state: string}}
  */
-export function connectionState(s) {
+export function connectionState(s, userOffline = false) {
   if (s.connected) return { text: "online", state: "online" };
-  if (s.phase === "offline" || s.phase === "stopped") return { text: "offline", state: "offline" };
-  if (s.phase === "backoff") return { text: "server unreachable", state: "down" };
+  if (userOffline || s.phase === "offline" || s.phase === "stopped") return { text: "offline", state: "offline" };
+  if (typeof navigator !== "undefined" && navigator.onLine === false) return { text: "offline (no network)", state: "offline" };
+  if (s.phase === "backoff" || typeof s.reconnectIn === "number" || typeof s.reconnectAt === "number") {
+    return { text: "server unreachable", state: "down" };
+  }
+  if (s.phase === "disconnected") return { text: "disconnected", state: "down" };
   return { text: "connecting…", state: "connecting" };
 }
 
@@ -34,11 +39,13 @@ export class StatusBar {
     /** @type {number|null} epoch ms of the next reconnect attempt */
     this.reconnectAt = null;
     this.timer = setInterval(() => this.renderCountdown(), 250);
+    /** set by the app while its "Go offline" toggle is on */
+    this.userOffline = false;
   }
 
   /** @param {Status} s */
   render(s) {
-    const conn = connectionState(s);
+    const conn = connectionState(s, this.userOffline);
     this.conn.textContent = conn.text;
     this.conn.dataset.state = conn.state;
     this.phase.textContent = s.phase;
