@@ -24,7 +24,9 @@ their changes are matched with SQLite's own JSON on both sides of a comparison.
 from __future__ import annotations
 
 import sqlite3
+import uuid
 
+from tidesync.changes.db import get_state, set_state, write_transaction
 from tidesync.schema import Schema, TableInfo, quote_ident
 
 __all__ = [
@@ -35,6 +37,7 @@ __all__ = [
     "install_triggers",
     "migrate_local_tables",
     "pk_sql",
+    "prepare_database",
     "sql_literal",
 ]
 
@@ -191,3 +194,31 @@ def install_triggers(conn: sqlite3.Connection, schema: Schema) -> None:
             conn.execute(f"DROP TRIGGER IF EXISTS {trigger}")
         for statement in _triggers_sql(table):
             conn.execute(statement)
+
+
+def prepare_database(conn: sqlite3.Connection, schema: Schema) -> str:
+    """App tables (missing ones only), sync tables, triggers, client id; returns the client id.
+
+    A fresh database runs the whole schema SQL (indexes and all).  The client id
+    is made once and persisted, so a reopened database is the same client.
+    """
+    existing = _table_names(conn)
+    if not existing & set(schema.tables) and schema.sql:
+        conn.executescript(schema.sql)
+        existing = _table_names(conn)
+    migrate_local_tables(conn)
+    conn.executescript(LOCAL_DDL)
+    with write_transaction(conn, applying=False):
+        for name in schema.order:
+            if name not in existing:
+                conn.execute(schema.tables[name].create_sql)
+        install_triggers(conn, schema)
+        client_id = get_state(conn, "client_id")
+        if client_id is None:
+            client_id = str(uuid.uuid4())
+            set_state(conn, "client_id", client_id)
+    return client_id
+
+
+def _table_names(conn: sqlite3.Connection) -> set[str]:
+    return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}

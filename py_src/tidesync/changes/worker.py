@@ -21,7 +21,6 @@ import asyncio
 import json
 import logging
 import sqlite3
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -29,8 +28,9 @@ from typing import Any
 from tidesync.changes.db import get_state, open_connection, set_state, write_transaction
 from tidesync.changes.direct_sql_processor import DirectSqlProcessor
 from tidesync.changes.initial_sync import InitialSync, clear_synced_rows
+from tidesync.changes.listeners import Listeners
 from tidesync.changes.live_queries import LiveQueries
-from tidesync.changes.local_schema import LOCAL_DDL, install_triggers, migrate_local_tables
+from tidesync.changes.local_schema import prepare_database
 from tidesync.changes.results import record_results
 from tidesync.changes.retry_manager import RetryManager, RetryPolicy
 from tidesync.changes.writes import (
@@ -88,11 +88,12 @@ class ChangesWorker:
         self._server_lock = asyncio.Lock()
         self._hlc = HybridLogicalClock() if now_ms is None else HybridLogicalClock(now_ms)
         self._now_ms = self._hlc.now_ms
-        self._local_listeners: list[Callable[[], None]] = []
-        self._tables_listeners: list[TablesListener] = []
-        self._result_listeners: list[Callable[[str, Rows], None]] = []
+        self._local_listeners: Listeners[[]] = Listeners()
+        self._tables_listeners: Listeners[[tuple[str, ...], str]] = Listeners()
+        self._result_listeners: Listeners[[str, Rows]] = Listeners()
         self.client_id = ""
-        self._init_db()
+        self.client_id = prepare_database(self._conn, self.schema)
+        self._hlc.last = int(get_state(self._conn, "hlc_last") or 0)
         self._processor = DirectSqlProcessor(
             self._conn, self.schema, self.client_id, self._observe_time
         )
@@ -109,50 +110,29 @@ class ChangesWorker:
         schema = Schema.from_sql(schema_sql) if schema_sql else Schema.demo()
         return cls(path, schema, **options)
 
-    def _init_db(self) -> None:
-        """App tables (missing ones only), sync tables, triggers, client id: one transaction."""
-        conn = self._conn
-        existing = _table_names(conn)
-        if not existing & set(self.schema.tables) and self.schema.sql:
-            conn.executescript(self.schema.sql)  # fresh database: indexes and all
-            existing = _table_names(conn)
-        migrate_local_tables(conn)
-        conn.executescript(LOCAL_DDL)
-        with write_transaction(conn, applying=False):
-            for name in self.schema.order:
-                if name not in existing:
-                    conn.execute(self.schema.tables[name].create_sql)
-            install_triggers(conn, self.schema)
-            client_id = get_state(conn, "client_id")
-            if client_id is None:
-                client_id = str(uuid.uuid4())
-                set_state(conn, "client_id", client_id)
-        self.client_id = client_id
-        self._hlc.last = int(get_state(conn, "hlc_last") or 0)
-
     # --- listeners ----------------------------------------------------------------------------
 
     def on_local_change(self, callback: Callable[[], None]) -> Callable[[], None]:
         """``callback()`` after each commit that recorded local changes; returns an unsubscribe."""
-        return _add(self._local_listeners, callback)
+        return self._local_listeners.add(callback)
 
     def on_tables_changed(self, callback: TablesListener) -> Callable[[], None]:
         """``callback(tables, source)``; source: local, server, initial, results, reset."""
-        return _add(self._tables_listeners, callback)
+        return self._tables_listeners.add(callback)
 
     def on_query_result(self, callback: Callable[[str, Rows], None]) -> Callable[[], None]:
         """Live query results: ``callback(sub_id, rows)``."""
-        return _add(self._result_listeners, callback)
+        return self._result_listeners.add(callback)
 
     def _emit_result(self, sub_id: str, rows: Rows) -> None:
-        _call_all(self._result_listeners, sub_id, rows)
+        self._result_listeners.emit(sub_id, rows)
 
     def _tables_changed(self, tables: Sequence[str], source: str) -> None:
         if not tables:
             return
         names = tuple(sorted(set(tables)))
         self._live.tables_changed(names)
-        _call_all(self._tables_listeners, names, source)
+        self._tables_listeners.emit(names, source)
 
     # --- app API ------------------------------------------------------------------------------
 
@@ -204,7 +184,7 @@ class ChangesWorker:
                 )
             ]
         if tables:
-            _call_all(self._local_listeners)
+            self._local_listeners.emit()
             self._tables_changed(tables, "local")
 
     async def pending_changes(self) -> Rows:
@@ -426,27 +406,5 @@ async def _in_txn(conn: sqlite3.Connection) -> AsyncIterator[None]:
         yield
 
 
-def _table_names(conn: sqlite3.Connection) -> set[str]:
-    return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-
-
 def _outcome(lsn: int, applied: int, skipped: int, failed: int, tables: Any) -> ApplyOutcome:
     return ApplyOutcome(lsn, applied, skipped, failed, tuple(sorted(tables)))
-
-
-def _add(listeners: list[Any], callback: Any) -> Callable[[], None]:
-    listeners.append(callback)
-
-    def remove() -> None:
-        if callback in listeners:
-            listeners.remove(callback)
-
-    return remove
-
-
-def _call_all(listeners: Sequence[Callable[..., None]], *args: Any) -> None:
-    for callback in list(listeners):
-        try:
-            callback(*args)
-        except Exception:
-            log.exception("listener %r failed", callback)
