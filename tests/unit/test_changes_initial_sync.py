@@ -84,16 +84,45 @@ async def test_snapshot_replaces_synced_rows_but_keeps_pending_ones(worker: Chan
     await worker.stage_initial_chunk(
         "tasks",
         [
-            snap("tasks", id="t1", project_id="p1", title="server title"),
+            snap("tasks", id="t1", project_id="p1", title="server title", done=1),
             snap("tasks", id="t2", project_id="p1", title="new on server"),
         ],
     )
     outcome = await worker.commit_initial_sync(5)
-    assert outcome.skipped == 1  # t1 keeps its local state
+    assert (outcome.applied, outcome.skipped) == (3, 0)
     tasks = {r["id"]: r for r in await worker.query("SELECT * FROM tasks")}
-    assert tasks["t1"]["title"] == "edited offline"
+    # t1 keeps the column its pending change wrote and takes the server's others,
+    # which is the row the server holds once it applies the pending change.
+    assert (tasks["t1"]["title"], tasks["t1"]["done"]) == ("edited offline", 1)
     assert set(tasks) == {"t1", "t2", "t-new"}  # the pending child survived its parent's removal
     assert await ids(worker, "projects") == {"p1"}
+    assert (await worker.local_state()).pending_count == 2
+
+
+async def test_snapshot_leaves_a_pending_delete_deleted_and_a_pending_insert_local(
+    worker: ChangesWorker,
+) -> None:
+    await worker.begin_initial_sync(1)
+    await worker.stage_initial_chunk(
+        "projects", [snap("projects", id="p1", name="P"), snap("projects", id="p2", name="Q")]
+    )
+    await worker.commit_initial_sync(1)
+    await worker.delete("projects", "p1")
+    await worker.insert("projects", {"id": "p3", "name": "mine"})
+
+    await worker.begin_initial_sync(4)
+    await worker.stage_initial_chunk(
+        "projects",
+        [
+            snap("projects", id="p1", name="P"),
+            snap("projects", id="p2", name="Q2"),
+            snap("projects", id="p3", name="same id made elsewhere"),
+        ],
+    )
+    outcome = await worker.commit_initial_sync(4)
+    assert (outcome.applied, outcome.skipped) == (1, 2)
+    projects = {r["id"]: r["name"] for r in await worker.query("SELECT * FROM projects")}
+    assert projects == {"p2": "Q2", "p3": "mine"}
     assert (await worker.local_state()).pending_count == 2
 
 

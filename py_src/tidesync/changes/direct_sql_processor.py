@@ -114,11 +114,19 @@ class DirectSqlProcessor:
             for change in changes:
                 self._record(change, "retrying", None, error=error, next_retry_at=next_retry_at)
 
-    def write_row(self, table: TableInfo, key: dict[str, Any], row: dict[str, Any] | None) -> bool:
+    def write_row(
+        self,
+        table: TableInfo,
+        key: dict[str, Any],
+        row: dict[str, Any] | None,
+        keep: frozenset[str] = frozenset(),
+    ) -> bool:
         """Make the local row equal the server's ``row`` (None: deleted); caller holds the txn.
 
-        Used to converge after ``skipped``/``rejected`` results.  Returns False
-        when ``row`` does not fit the schema (nothing is written).
+        Used to converge after ``skipped``/``rejected`` results and for snapshot
+        rows; an existing row keeps its values in the ``keep`` columns (those of
+        pending local changes).  Returns False when ``row`` does not fit the
+        schema (nothing is written).
         """
         if row is None:
             self._delete(table, key)
@@ -127,7 +135,7 @@ class DirectSqlProcessor:
         if problem:
             log.warning("server row for %s ignored: %s", table.name, problem)
             return False
-        self._upsert(table, row, [c for c in row if c not in table.primary_key])
+        self._upsert(table, row, [c for c in row if c not in table.primary_key and c not in keep])
         return True
 
     # --- one change ---------------------------------------------------------------------------

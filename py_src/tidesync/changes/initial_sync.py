@@ -4,7 +4,11 @@ PROTOCOL.md "Initial sync": a half-received snapshot is never visible as synced
 data.  Chunks go to a TEMP table (this connection only, gone with it); the
 commit replaces the synced rows in one transaction together with the LSN and
 the ``initialized`` flag.  Rows with pending local changes keep their local
-state.  The swap runs with foreign keys off, so deleting a parent cannot
+values in the columns those changes wrote and take the snapshot's values in the
+others: exactly the row the server will hold once it applies the pending
+change on top of its own (a pending delete keeps the row absent).  If the
+pending change loses on the server, its ``skipped`` result brings the server's
+row.  The swap runs with foreign keys off, so deleting a parent cannot
 cascade into a child that holds a pending local change.
 """
 
@@ -108,10 +112,16 @@ class InitialSync:
                     continue
                 if table.has_updated_at:
                     data.setdefault("updated_at", updated_at)
-                if name in pending_tables and self._has_pending(table, data):
-                    result.skipped += 1  # local state wins until the pending change is acked
-                    continue
-                if self._processor.write_row(table, data, data):
+                keep = frozenset[str]()
+                if name in pending_tables:
+                    pending = self._pending_columns(table, data)
+                    if pending is not None:
+                        settable = set(data) - pending - set(table.primary_key)
+                        if not settable or not self._exists(table, data):
+                            result.skipped += 1  # nothing of the snapshot row is left to write
+                            continue
+                        keep = frozenset(pending)
+                if self._processor.write_row(table, data, data, keep):
                     result.applied += 1
                     result.tables.add(name)
                 else:
@@ -122,9 +132,21 @@ class InitialSync:
         result.tables.update(self._schema.order)  # rows may have gone from any table
         return result
 
-    def _has_pending(self, table: TableInfo, data: dict[str, Any]) -> bool:
-        row = self._conn.execute(
-            f"SELECT 1 WHERE {pk_sql(table)} IN ({_PENDING_KEYS})",
-            [*table.key_of(data), table.name],
-        ).fetchone()
-        return row is not None
+    def _pending_columns(self, table: TableInfo, data: dict[str, Any]) -> set[str] | None:
+        """Columns written by pending local changes to this row; None when there are none."""
+        found = self._conn.execute(
+            "SELECT data FROM local_changes WHERE from_server = 0 AND state = 'pending' "
+            f"AND table_name = ? AND pk = {pk_sql(table)}",
+            [table.name, *table.key_of(data)],
+        ).fetchall()
+        if not found:
+            return None
+        columns: set[str] = set()
+        for (raw,) in found:
+            columns.update(json.loads(raw))
+        return columns
+
+    def _exists(self, table: TableInfo, data: dict[str, Any]) -> bool:
+        where = " AND ".join(f"{quote_ident(c)} = ?" for c in table.primary_key)
+        sql = f"SELECT 1 FROM {quote_ident(table.name)} WHERE {where}"
+        return self._conn.execute(sql, list(table.key_of(data))).fetchone() is not None
