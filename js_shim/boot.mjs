@@ -68,7 +68,8 @@ export async function bootPyodide(siteBase) {
   const manifest = await manifestPromise;
   const wheel = await fetch(new URL(manifest.wheel, siteBase));
   if (!wheel.ok) throw new Error(`${manifest.wheel}: HTTP ${wheel.status}`);
-  pyodide.unpackArchive(await wheel.arrayBuffer(), "wheel");
+  const sitePackages = pyodide.runPython("import sysconfig; sysconfig.get_path('purelib')");
+  pyodide.unpackArchive(await wheel.arrayBuffer(), "wheel", { extractDir: sitePackages });
   pyodide.runPython(
     "import logging, sys\n" +
       "logging.basicConfig(stream=sys.stderr, level=logging.INFO,\n" +

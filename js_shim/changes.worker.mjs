@@ -22,6 +22,8 @@ try {
     mountPoint: "/opfs",
     dir: config.opfsDir || "tidesync",
     files: [dbFile],
+    // A tab that crashed holds its OPFS locks until the browser notices: wait for them.
+    lockTimeoutMs: config.lockTimeoutMs ?? 30000,
   });
   const entry = pyodide.pyimport("tidesync.changes.browser_entry");
   await entry.start({

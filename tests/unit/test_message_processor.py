@@ -356,6 +356,7 @@ async def test_malformed_frames_get_clt_error_and_change_nothing(text: str, code
     assert [e.code for e in errors(out)] == [code]
     assert not any(port.called(name) for name in MUTATING)
     assert proc.phase is P.LIVE
+    assert proc.last_error is not None and code in proc.last_error  # shown in the status
 
 
 async def test_port_failure_is_not_acknowledged_and_triggers_reconnect() -> None:

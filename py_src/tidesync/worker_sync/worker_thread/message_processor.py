@@ -290,6 +290,9 @@ class MessageProcessor:
         return make(cls, self._client_id, self._wall_ms(), **values)
 
     def _error_reply(self, code: str, text: str, ref: str | None) -> Send:
+        """Answer a frame we cannot use with ``clt_error``, and show it in the status."""
+        if self.last_error is None or code != ErrorCode.INTERNAL:
+            self.last_error = f"bad frame from the server ({code}): {text[:200]}"
         return Send(self._make(CltError, code=str(code), error=text[:500], ref_message_id=ref))
 
 
