@@ -52,8 +52,11 @@ test-pyodide: setup site
 test-e2e: setup site
 	$(PY) -m pytest -q tests/e2e
 
+# Two pytest processes: Playwright's sync API keeps an event loop running in the main
+# thread for the whole session, which pytest-asyncio's tests cannot share.
 test: setup site lint
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests/unit tests/integration
+	$(PY) -m pytest -q tests/pyodide tests/e2e
 
 bench: setup site
 	$(PY) bench/run.py

@@ -33,6 +33,7 @@ from tidesync.worker_sync.shared.message_types import (
     SrvInitComplete,
     SrvInitStart,
     SrvLiveChanges,
+    SrvLsnUpdate,
     TableChange,
     decode_message,
     encode_message,
@@ -197,8 +198,11 @@ async def test_local_changes_wait_for_live_then_go_one_batch_at_a_time() -> None
         applied_changes=("L2",),
         results=(ChangeResult(id="L2", status=ChangeStatus.APPLIED, lsn=7),),
     )
+    # Only our own changes were committed: the server moves our LSN (PROTOCOL.md "Live").
+    sock.push(SrvLsnUpdate, lsn=7)
     status = await w.wait_until_synced(WAIT)
     assert status.pending == 0
+    assert status.lsn == 7  # synced means our LSN covers our acknowledged changes
     assert port.called("mark_sent") == [["L0", "L1"], ["L2"]]
     await w.stop()
 

@@ -131,6 +131,9 @@ class MessageProcessor:
         self._lsn = LsnManager()
         self.phase = SyncPhase.DISCONNECTED
         self.last_error: str | None = None
+        # Highest LSN the server gave one of our applied changes: "synced" waits
+        # until our LSN covers it (``srv_lsn_update`` comes after the results).
+        self.acked_lsn = 0
         self.init_progress: InitProgress | None = None
         self._init_rows = 0
 
@@ -257,6 +260,7 @@ class MessageProcessor:
         known = self._client_changes.on_applied(msg.results, msg.applied_changes)
         if known:
             await self._port.record_results(known)
+            self.acked_lsn = max([self.acked_lsn, *(r.lsn or 0 for r in known)])
         if not msg.success:
             self.last_error = f"server failed to apply changes: {msg.error or 'no reason given'}"
             log.warning(self.last_error)
@@ -273,6 +277,7 @@ class MessageProcessor:
                 "server says %s (%s): clearing synced data, resyncing from 0/0", msg.code, msg.error
             )
             await self._port.reset_for_reinit()
+            self.acked_lsn = 0
             self._lsn.reset()
             self.last_error = None
             self.phase = SyncPhase.DISCONNECTED

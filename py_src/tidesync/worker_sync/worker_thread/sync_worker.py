@@ -184,11 +184,18 @@ class SyncWorker:
         self._events.put_nowait(_Command("online"))
 
     async def wait_until_synced(self, timeout: float | None = None) -> SyncStatus:
-        """Wait until live with nothing pending; raises ``TimeoutError`` with the status."""
+        """Wait until live, nothing pending, and our LSN covering our acknowledged changes.
+
+        Raises ``TimeoutError`` with the status.
+        """
 
         async def synced() -> SyncStatus:
             self.notify_local_change()  # recount pending from the database first
-            while not (self._status.synced and not self._local_unseen):
+            while not (
+                self._status.synced
+                and not self._local_unseen
+                and self._proc.lsn >= self._proc.acked_lsn
+            ):
                 await self._status_changed.wait()
             return self._status
 
