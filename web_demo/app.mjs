@@ -93,9 +93,10 @@ offlineButton.addEventListener("click", async () => {
 
 db.on("conflict", (/** @type {any} */ change) => {
   /** @type {Record<string, any>} */
-  let data = change?.data ?? {};
+  let data = change?.data ?? change?.row ?? {};
   if (typeof data === "string") { try { data = JSON.parse(data); } catch { data = {}; } }
-  const table = change?.table_name ?? change?.table ?? "row";
+  if (typeof data !== "object" || data === null) data = {};
+  const table = change?.table_name ?? change?.table ?? ("title" in data ? "tasks" : "name" in data ? "projects" : "row");
   const label = data.title ?? data.name;
   const what = label ? `“${label}”` : `a ${table === "tasks" ? "task" : table === "projects" ? "project" : table} row`;
   toast(`Your edit to ${what} lost to a newer edit from another device.`, { kind: "conflict", timeout: 8000 });

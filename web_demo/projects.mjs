@@ -27,6 +27,10 @@ export class ProjectList {
     /** @type {string|null} */
     this.selected = null;
     this.allTotal = 0;
+    /** @type {string|null} the project whose delete button was clicked once */
+    this.armed = null;
+    /** @type {ReturnType<typeof setTimeout>|undefined} */
+    this.armedTimer = undefined;
     this.bind();
   }
 
@@ -83,7 +87,11 @@ export class ProjectList {
       el("span", { class: "project-name", "data-testid": "project-name", title: all ? "Every task" : "Double-click to rename" }, row.name),
       el("span", { class: "project-badge", "data-testid": "project-open", title: all ? "tasks" : `${row.open} open of ${row.total}` }, count),
       all ? null : el("button", { type: "button", class: "icon-btn", "data-testid": "project-rename", "aria-label": `Rename ${row.name}`, title: "Rename", html: PENCIL }),
-      all ? null : el("button", { type: "button", class: "icon-btn danger", "data-testid": "project-delete", "aria-label": `Delete ${row.name}`, title: "Delete project and its tasks", html: TRASH }),
+      all ? null : el("button", {
+        type: "button", class: `icon-btn danger${this.armed === row.id ? " armed" : ""}`, "data-testid": "project-delete",
+        "data-armed": this.armed === row.id ? "1" : null, "aria-label": `Delete ${row.name}`, html: TRASH,
+        title: this.armed === row.id ? "Click again to delete the project and its tasks" : "Delete project and its tasks",
+      }),
     );
   }
 
@@ -100,15 +108,16 @@ export class ProjectList {
       if (!row?.dataset.id) return;
       const id = row.dataset.id;
       if (target.closest("[data-testid=project-delete]")) {
-        const button = /** @type {HTMLElement} */ (target.closest("[data-testid=project-delete]"));
-        if (button.dataset.armed !== "1") {
-          // Two steps: a project takes its tasks with it.
-          button.dataset.armed = "1";
-          button.classList.add("armed");
-          button.title = "Click again to delete the project and its tasks";
-          setTimeout(() => { button.dataset.armed = ""; button.classList.remove("armed"); }, 3000);
+        if (this.armed !== id) {
+          // Two steps: a project takes its tasks with it. (Kept here, not on the button:
+          // a live-query result may re-render the list between the two clicks.)
+          this.armed = id;
+          this.render();
+          clearTimeout(this.armedTimer);
+          this.armedTimer = setTimeout(() => { this.armed = null; this.render(); }, 3000);
           return;
         }
+        this.armed = null;
         guard(this.db.transaction((tx) => {
           tx.execute("DELETE FROM tasks WHERE project_id = ?", [id]);
           tx.delete("projects", { id });

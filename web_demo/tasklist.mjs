@@ -169,12 +169,14 @@ export class TaskList {
       node.setAttribute("aria-setsize", String(total));
     }
     for (const [key, node] of this.nodes) {
-      if (!seen.has(key) && !node.classList.contains("editing") && !node.contains(document.activeElement)) {
-        node.remove();
-        this.nodes.delete(key);
-      } else if (!seen.has(key)) {
-        node.style.transform = "translateY(-9999px)"; // keep a focused/edited row alive off-screen
+      if (seen.has(key)) continue;
+      if (node.classList.contains("editing") && this.windowRows.some((t) => t.id === key)) {
+        node.style.transform = "translateY(-9999px)"; // scrolled away mid-rename: keep the editor alive
+        continue;
       }
+      if (node.contains(document.activeElement)) this.scroller.focus({ preventScroll: true });
+      node.remove();
+      this.nodes.delete(key);
     }
     if (this.windowLoaded && this.countKnown && this.resolveFirst) {
       this.resolveFirst();

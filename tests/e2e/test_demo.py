@@ -51,6 +51,8 @@ def open_window(new_context: Callable[..., Any]) -> Callable[..., Page]:
     def open_(url: str, *, color_scheme: str = "light") -> Page:
         context, _ = new_context()
         page = context.pages[0] if context.pages else context.new_page()
+        page.on("console", lambda m: print(f"[{m.type}] {m.text}") if m.type in ("error", "warning") and " INFO " not in m.text else None)
+        page.on("pageerror", lambda e: print(f"[pageerror] {e}"))
         page.set_viewport_size({"width": 1280, "height": 800})
         page.emulate_media(color_scheme=color_scheme)
         page.goto(url)
@@ -179,7 +181,7 @@ def test_edits_flow_both_ways_between_two_windows(demo_server: Any, open_window:
     expect(project(b, "Launch day")).to_have_count(0, timeout=SYNC_MS)
     expect(a.locator("[data-testid=pending]")).to_have_text("0", timeout=SYNC_MS)
     assert server_rows(demo_server.db_path, "SELECT count(*) FROM projects WHERE name LIKE 'Launch%'") == [(0,)]
-    assert server_rows(demo_server.db_path, "SELECT count(*) FROM tasks WHERE title LIKE 'Write the %'") == [(0,)]
+    assert server_rows(demo_server.db_path, "SELECT count(*) FROM tasks WHERE title = 'Write the launch post'") == [(0,)]
 
 
 def test_offline_toggle_keeps_edits_local_then_syncs(demo_server: Any, open_window: Callable[..., Page]) -> None:
@@ -379,3 +381,35 @@ def test_large_data_mode_renders_only_visible_rows(
     shot(a, "big-bottom")
     assert elapsed < 10, f"jumping to the end took {elapsed:.1f}s"
     assert seen_progress, "the initial-sync progress bar never showed for 100k rows"
+
+
+def test_conflict_toast_when_a_local_edit_loses(demo_server: Any, open_window: Callable[..., Page]) -> None:
+    """An offline edit older than another window's edit of the same task loses: a toast says so."""
+    a = open_window(demo_server.http_url + "/")
+    b = open_window(demo_server.http_url + "/")
+    wait_live(a)
+    wait_live(b)
+    select_project(a, "Home")
+    select_project(b, "Home")
+
+    a.click("#offline-toggle")
+    expect(a.locator("[data-testid=connection]")).to_have_text("offline", timeout=SYNC_MS)
+    task(a, "Fix the tap").locator("[data-testid=task-title]").dblclick()
+    a.locator("[data-testid=inline-edit]").fill("Fix the tap (A, offline)")
+    a.locator("[data-testid=inline-edit]").press("Enter")
+    expect(a.locator("[data-testid=pending]")).to_have_text("1", timeout=SYNC_MS)
+
+    time.sleep(0.05)  # B's edit is strictly newer
+    task(b, "Fix the tap").locator("[data-testid=task-title]").dblclick()
+    b.locator("[data-testid=inline-edit]").fill("Fix the tap (B wins)")
+    b.locator("[data-testid=inline-edit]").press("Enter")
+    expect(b.locator("[data-testid=pending]")).to_have_text("0", timeout=SYNC_MS)
+
+    a.click("#offline-toggle")
+    expect(a.locator("#toast")).to_be_visible(timeout=SYNC_MS)
+    expect(a.locator("#toast")).to_have_attribute("data-kind", "conflict", timeout=SYNC_MS)
+    expect(a.locator("[data-testid=toast-text]")).to_contain_text("lost")
+    shot(a, "conflict-toast")
+    expect(task(a, "Fix the tap (B wins)")).to_have_count(1, timeout=SYNC_MS)
+    expect(task(b, "Fix the tap (B wins)")).to_have_count(1)
+    expect(a.locator("[data-testid=pending]")).to_have_text("0", timeout=SYNC_MS)
