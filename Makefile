@@ -39,6 +39,7 @@ serve: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check py_src tests bench build
+	$(VENV)/bin/mypy py_src
 
 test-unit: $(VENV)/.installed
 	$(PY) -m pytest -q tests/unit

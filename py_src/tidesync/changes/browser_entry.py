@@ -85,7 +85,8 @@ async def start(bridge: Any) -> None:
 
     async def page_request(data: dict[str, Any]) -> None:
         cmd = data.get("cmd")
-        args = data.get("args") if isinstance(data.get("args"), dict) else {}
+        raw_args = data.get("args")
+        args: dict[str, Any] = raw_args if isinstance(raw_args, dict) else {}
         ident = data.get("id")
         if cmd == "setOnline":
             to_sync({"event": "set_online", "online": bool(args.get("online", True))})

@@ -225,7 +225,7 @@ def create_app(
     config: SessionConfig | None = None,
 ) -> Starlette:
     """The server app; the store opens (and the tailer starts) in the lifespan."""
-    store = Store(db_path, schema_sql)
+    store = Store(Path(db_path), schema_sql)
     hub = Hub(store)
     state = ServerState(store, hub, config or SessionConfig())
 

@@ -663,7 +663,7 @@ def decode_message(text: str | bytes, *, expect: str | None = None) -> Message:
 
 def encode_message(message: Message) -> str:
     """The wire text of ``message`` (fills ``messageId`` and ``timestamp`` when unset)."""
-    body = {"type": message.TYPE.value}
+    body: dict[str, Any] = {"type": message.TYPE.value}
     body.update(_encode_fields(message))
     if not body.get("messageId"):
         body["messageId"] = new_message_id()
