@@ -9,6 +9,7 @@ import { $, el, editInline, formatCount } from "./dom.mjs";
 /** @typedef {{id: string, name: string, total: number, open: number}} ProjectRow */
 
 export const ALL = "__all__";
+const collator = new Intl.Collator(undefined, { numeric: true, sensitivity: "base" });
 
 const PENCIL = '<svg viewBox="0 0 24 24" width="16" height="16" aria-hidden="true"><path fill="none" stroke="currentColor" stroke-width="1.8" stroke-linecap="round" stroke-linejoin="round" d="M4 20h4L19 9l-4-4L4 16v4zM13.5 6.5l4 4"/></svg>';
 const TRASH = '<svg viewBox="0 0 24 24" width="16" height="16" aria-hidden="true"><path fill="none" stroke="currentColor" stroke-width="1.8" stroke-linecap="round" stroke-linejoin="round" d="M4 7h16M6 7l1 12a2 2 0 0 0 2 2h6a2 2 0 0 0 2-2l1-12M9 7V4h6v3"/></svg>';
@@ -44,7 +45,8 @@ export class ProjectList {
          FROM projects p ORDER BY p.name COLLATE NOCASE, p.id`,
       [],
       (rows) => {
-        this.rows = /** @type {ProjectRow[]} */ (rows);
+        // Natural order ("Project 2" before "Project 10"), as people sort.
+        this.rows = /** @type {ProjectRow[]} */ (rows).sort((a, b) => collator.compare(a.name, b.name) || (a.id < b.id ? -1 : 1));
         this.hooks.onRows(this.rows);
         this.render();
         if (first) { first = false; onFirst(); }
