@@ -360,6 +360,7 @@ def test_screenshots_of_main_screens(demo_server: Any, open_window: Callable[...
     paths.append(shot(a, "inspector-dark"))
     a.click("#offline-toggle")
     expect(a.locator("#toast")).to_be_visible()
+    a.wait_for_timeout(300)  # let the toast finish sliding in
     paths.append(shot(a, "offline-toast-dark"))
     for path in paths:
         assert path.stat().st_size > 10_000, path
