@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tidesync.checksums import combine, row_hash
 from tidesync.worker_sync.shared.changes_port import ApplyOutcome, LocalState
 from tidesync.worker_sync.shared.message_types import (
     ChangeResult,
@@ -109,6 +110,10 @@ class FakePort:
         self.rows = {}
         self.lsn = 0
         self.initialized = False
+
+    async def table_checksums(self, tables: Sequence[str]) -> dict[str, str]:
+        self.calls.append(("table_checksums", list(tables)))
+        return {t: combine(row_hash(r) for r in self.rows.get(t, {}).values()) for t in tables}
 
     def called(self, name: str) -> list[Any]:
         return [arg for call, arg in self.calls if call == name]

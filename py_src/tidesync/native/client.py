@@ -101,6 +101,10 @@ class Client:
     def go_offline(self) -> None:
         self._sync.go_offline()
 
+    def verify_integrity(self) -> None:
+        """Compare table checksums with the server now; a mismatch re-syncs (``status.repairs``)."""
+        self._sync.verify_integrity()
+
     def go_online(self) -> None:
         self._sync.go_online()
 

@@ -86,3 +86,6 @@ class ChangesPort(Protocol):
 
     async def reset_for_reinit(self) -> None:
         """``lsn_ahead``: keep unsent local changes, clear synced data, LSN to 0/0."""
+
+    async def table_checksums(self, tables: Sequence[str]) -> dict[str, str]:
+        """``tidesync.checksums`` of the named synced tables, read in one transaction."""

@@ -137,6 +137,12 @@ class RemoteChangesPort:
     async def reset_for_reinit(self) -> None:
         await self._call("port.reset_for_reinit", {})
 
+    async def table_checksums(self, tables: Sequence[str]) -> dict[str, str]:
+        raw = await self._call("port.table_checksums", {"tables": list(tables)})
+        if not isinstance(raw, dict):
+            raise _bad("result", "must be an object of checksums")
+        return {str(k): str(v) for k, v in raw.items()}
+
 
 async def dispatch_port_call(port: ChangesPort, cmd: str, args: dict[str, Any]) -> Any:
     """Run one ``port.*`` message on the real ``ChangesPort``; return a JSON-able answer."""
@@ -192,4 +198,9 @@ async def dispatch_port_call(port: ChangesPort, cmd: str, args: dict[str, Any]) 
     if method == "reset_for_reinit":
         await port.reset_for_reinit()
         return None
+    if method == "table_checksums":
+        tables = args.get("tables")
+        if not isinstance(tables, list) or not all(isinstance(t, str) for t in tables):
+            raise _bad("tables", "must be a list of table names")
+        return await port.table_checksums(tables)
     raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown port call {cmd!r}", field="cmd")

@@ -96,6 +96,7 @@ def status_to_dict(status: SyncStatus) -> dict[str, Any]:
         "phase": status.phase.value,
         "lsn": status.lsn_text,
         "pending": status.pending,
+        "repairs": status.repairs,
         "lastError": status.last_error,
         "reconnectIn": status.reconnect_in,
         "reconnectAt": (

@@ -47,6 +47,7 @@ from tidesync.worker_sync.shared.message_types import (
     SrvInitStart,
     SrvLiveChanges,
     SrvLsnUpdate,
+    SrvTableChecksums,
     TableChange,
     decode_message,
     make,
@@ -62,6 +63,7 @@ __all__ = [
     "MessageProcessor",
     "Reconnect",
     "Send",
+    "VerifyChecksums",
 ]
 
 log = logging.getLogger(__name__)
@@ -87,7 +89,15 @@ class FlushLocalChanges:
     """Live and nothing in flight: send the next batch of local changes, if any."""
 
 
-Instruction = Send | Reconnect | FlushLocalChanges
+@dataclass(frozen=True)
+class VerifyChecksums:
+    """The server's table checksums at ``lsn``: compare with ours (see ``integrity``)."""
+
+    lsn: int
+    checksums: dict[str, str]
+
+
+Instruction = Send | Reconnect | FlushLocalChanges | VerifyChecksums
 
 P, T = SyncPhase, MessageType
 _ANY_CONNECTED = (P.CONNECTING, P.INITIAL, P.CATCHUP, P.LIVE)
@@ -108,7 +118,7 @@ PHASE_TABLE: dict[tuple[SyncPhase, MessageType], SyncPhase] = {
     (P.LIVE, T.SRV_CHANGES_APPLIED): P.LIVE,
     **{(phase, T.SRV_HEARTBEAT): phase for phase in _ANY_CONNECTED},
     **{(phase, T.SRV_ERROR): phase for phase in _ANY_CONNECTED},
-    # We never ask for checksums; an unsolicited answer is harmless and ignored.
+    # Compared only when live (see ``integrity``); elsewhere harmless and ignored.
     **{(phase, T.SRV_TABLE_CHECKSUMS): phase for phase in _ANY_CONNECTED},
 }
 
@@ -271,6 +281,11 @@ class MessageProcessor:
 
     # --- errors (PROTOCOL.md "Errors") --------------------------------------------------------
 
+    async def _on_table_checksums(self, msg: SrvTableChecksums) -> list[Instruction]:
+        if self.phase is not SyncPhase.LIVE:
+            return []
+        return [VerifyChecksums(msg.lsn, dict(msg.checksums))]
+
     async def _on_error(self, msg: SrvError) -> list[Instruction]:
         if msg.code in REINIT_ERROR_CODES:
             log.warning(
@@ -318,4 +333,5 @@ _HANDLERS: dict[MessageType, _Handler] = {
     T.SRV_CHANGES_RECEIVED: MessageProcessor._on_changes_received,
     T.SRV_CHANGES_APPLIED: MessageProcessor._on_changes_applied,
     T.SRV_ERROR: MessageProcessor._on_error,
+    T.SRV_TABLE_CHECKSUMS: MessageProcessor._on_table_checksums,
 }

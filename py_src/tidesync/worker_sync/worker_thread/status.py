@@ -43,6 +43,7 @@ class SyncStatus:
     last_error: str | None = None
     reconnect_in: float | None = None  # seconds until the next attempt, when backing off
     init_progress: InitProgress | None = None
+    repairs: int = 0  # integrity checks that found a table differing and re-synced
 
     @property
     def lsn_text(self) -> str:

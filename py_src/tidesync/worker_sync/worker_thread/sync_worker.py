@@ -30,6 +30,7 @@ from tidesync.worker_sync.shared.changes_port import ChangesPort
 from tidesync.worker_sync.shared.lsn_manager import format_lsn
 from tidesync.worker_sync.shared.message_types import (
     CltHeartbeat,
+    CltRequestChecksums,
     CltSendChanges,
     Message,
     encode_message,
@@ -46,12 +47,14 @@ from tidesync.worker_sync.worker_thread.connection_manager import (
     SendHeartbeat,
     SessionEnded,
 )
+from tidesync.worker_sync.worker_thread.integrity import CheckVerdict, IntegrityChecker
 from tidesync.worker_sync.worker_thread.message_processor import (
     FlushLocalChanges,
     Instruction,
     MessageProcessor,
     Reconnect,
     Send,
+    VerifyChecksums,
 )
 from tidesync.worker_sync.worker_thread.status import SyncPhase, SyncStatus
 from tidesync.worker_sync.worker_thread.transport import (
@@ -106,6 +109,7 @@ class SyncWorker:
         wall_ms: Callable[[], int] | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         backoff: BackoffPolicy | None = None,
+        checksum_interval: float = 300.0,
     ) -> None:
         self._port = port
         self._factory = transport_factory
@@ -116,6 +120,7 @@ class SyncWorker:
             heartbeat_interval=heartbeat_interval, backoff=backoff, random=random
         )
         self._changes = ClientChanges(batch_size=batch_size)
+        self._integrity = IntegrityChecker(interval=checksum_interval)
         self._processor: MessageProcessor | None = None
         self._client_id = ""
         self._events: asyncio.Queue[_SocketEvent | _Command] = asyncio.Queue()
@@ -177,6 +182,10 @@ class SyncWorker:
         self._pending_dirty = True
         self._events.put_nowait(_Command("local_change"))
 
+    def verify_integrity(self) -> None:
+        """Compare table checksums with the server as soon as live and idle."""
+        self._events.put_nowait(_Command("checksum"))
+
     def go_offline(self) -> None:
         self._events.put_nowait(_Command("offline"))
 
@@ -212,7 +221,7 @@ class SyncWorker:
             while True:
                 if getter is None:
                     getter = asyncio.ensure_future(self._events.get())
-                deadline = self._cm.next_deadline()
+                deadline = _earliest(self._cm.next_deadline(), self._integrity_deadline())
                 timeout = None if deadline is None else max(0.0, deadline - self._clock())
                 done, _ = await asyncio.wait({getter}, timeout=timeout)
                 try:
@@ -224,6 +233,7 @@ class SyncWorker:
                         await self._dispatch(event)
                     else:
                         await self._execute(self._cm.tick(self._clock()))
+                        await self._maybe_check_integrity()
                 except Exception as exc:  # a bug or a failing port: log, keep the loop alive
                     log.exception("sync loop step failed")
                     self._loop_error = f"{type(exc).__name__}: {exc}"
@@ -246,6 +256,9 @@ class SyncWorker:
             elif event.name == "local_change":
                 self._local_unseen = False
                 await self._flush()
+            elif event.name == "checksum":
+                self._integrity.request_now(now)
+                await self._maybe_check_integrity()
             return
         if event.gen != self._gen:
             return  # a socket we already gave up
@@ -258,6 +271,8 @@ class SyncWorker:
             await self._follow(await self._proc.handle_text(event.text))
             if not was_live and self._proc.phase is SyncPhase.LIVE:
                 self._cm.last_error = self._proc.last_error = self._loop_error = None
+                self._integrity.went_live(now)
+                await self._maybe_check_integrity()
         else:
             await self._execute(self._cm.closed(now, event.code, event.text))
 
@@ -273,6 +288,7 @@ class SyncWorker:
             elif isinstance(action, SessionEnded):
                 await self._teardown_socket()
                 self._changes.on_disconnect()
+                self._integrity.connection_lost()
                 await self._proc.connection_lost()
                 self._pending_dirty = True
 
@@ -286,6 +302,44 @@ class SyncWorker:
             elif isinstance(item, Reconnect):
                 self._pending_dirty = True
                 await self._execute(self._cm.restart(self._clock(), item.reason))
+            elif isinstance(item, VerifyChecksums):
+                await self._verify_checksums(item)
+
+    # --- integrity checks (docs/protocol.md extension) ------------------------------------------
+
+    def _integrity_deadline(self) -> float | None:
+        live = self._cm.connected and self._proc.phase is SyncPhase.LIVE
+        return self._integrity.deadline() if live else None
+
+    async def _maybe_check_integrity(self) -> None:
+        live = self._cm.connected and self._proc.phase is SyncPhase.LIVE
+        if live and self._integrity.due(self._clock()):
+            await self._send(make(CltRequestChecksums, self._client_id, self._wall_ms()))
+
+    async def _verify_checksums(self, answer: VerifyChecksums) -> None:
+        state = await self._port.local_state()
+        idle = state.pending_count == 0 and not self._changes.in_flight
+        comparable = idle and state.lsn == answer.lsn
+        local = await self._port.table_checksums(list(answer.checksums)) if comparable else None
+        verdict, tables = self._integrity.judge(
+            self._clock(),
+            server_lsn=answer.lsn,
+            server_sums=answer.checksums,
+            local_lsn=state.lsn,
+            local_sums=local,
+            idle=idle,
+        )
+        if verdict is CheckVerdict.MISMATCH:
+            self._proc.last_error = (
+                f"integrity check: {', '.join(tables)} differed from the server at "
+                f"{format_lsn(answer.lsn)}; re-synced"
+            )
+            log.error("%s (repair %d)", self._proc.last_error, self._integrity.repairs)
+            await self._port.reset_for_reinit()
+            self._proc.acked_lsn = 0
+            await self._execute(self._cm.restart(self._clock(), "integrity repair"))
+        elif verdict is CheckVerdict.OK:
+            log.info("integrity check ok at %s", format_lsn(answer.lsn))
 
     async def _flush(self) -> None:
         """Send the next batch of local changes when live and nothing is in flight."""
@@ -385,6 +439,7 @@ class SyncWorker:
             last_error=proc.last_error or self._cm.last_error or self._loop_error,
             reconnect_in=self._cm.reconnect_in(now),
             init_progress=proc.init_progress,
+            repairs=self._integrity.repairs,
         )
         # Waiters re-check after every step (``_local_unseen`` may have flipped even
         # when the status itself did not change); callbacks hear only real changes.
@@ -398,3 +453,8 @@ class SyncWorker:
                 callback(status)
             except Exception:
                 log.exception("status callback failed")
+
+
+def _earliest(*deadlines: float | None) -> float | None:
+    present = [d for d in deadlines if d is not None]
+    return min(present) if present else None
