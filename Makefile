@@ -32,7 +32,7 @@ site: $(VENV)/.installed
 	$(PY) build/build_site.py
 
 demo: setup site
-	$(PY) -m tidesync serve --host $(HOST) --port $(PORT) --db $(DEMO_DB) --site _site --seed-demo
+	$(PY) -m tidesync serve --host $(HOST) --port $(PORT) --db $(DEMO_DB) --site _site --seed-demo --allow-seed
 
 serve: $(VENV)/.installed
 	$(PY) -m tidesync serve --host $(HOST) --port $(PORT) --db $(DEMO_DB)

@@ -27,14 +27,20 @@
  * @typedef {Object} SyncStatus
  * @property {"starting"|"leader"|"follower"} role which tab owns the database file
  * @property {boolean} ready local data is readable
+ * @property {string|null} clientId this database's client id (once the Sync Worker reported)
  * @property {boolean} connected the socket to the server is open
- * @property {string} phase "starting", "connecting", "initial", "catchup", "live", "backoff", "offline", "stopped"
+ * @property {string} phase while connected: "connecting", "initial", "catchup", "live";
+ *   while not: "offline" (goOffline() or no network), "backoff" (waiting to reconnect),
+ *   "connecting", "disconnected", "stopped"; "starting" before the Sync Worker reports
  * @property {string} lsn the server position this database has applied (`H/L`)
  * @property {number} pending local changes the server has not acknowledged
- * @property {string|null} lastError the last sync or worker error
- * @property {number|null} reconnectIn seconds until the next reconnect attempt
+ * @property {string|null} lastError the last sync or worker error (cleared when live again)
+ * @property {number|null} reconnectIn seconds until the next reconnect attempt, when backing off
+ * @property {number|null} reconnectAt the same as a `Date.now()` time, for a countdown
  * @property {{table: string, chunk: number, total: number, rows: number}|null} initProgress
- * @property {Record<string, number>} timings milliseconds since `open()`: workers, ready, live
+ * @property {number} repairs integrity checks that found a table differing from the server
+ * @property {Record<string, number>} timings milliseconds: `pyodideBoot`, `dbOpen` (in the
+ *   worker), `ready` (open() to local data readable) and `live` (open() to live), page-side
  */
 
 /** An error raised in Python, carried to the page with its message and type. */
@@ -121,8 +127,9 @@ export class TideSync {
     this.tabId = crypto.randomUUID();
     /** @type {SyncStatus} */
     this._status = {
-      role: "starting", ready: false, connected: false, phase: "starting", lsn: "0/0",
-      pending: 0, lastError: null, reconnectIn: null, initProgress: null, timings: {},
+      role: "starting", ready: false, clientId: null, connected: false, phase: "starting",
+      lsn: "0/0", pending: 0, lastError: null, reconnectIn: null, reconnectAt: null,
+      initProgress: null, repairs: 0, timings: {},
     };
     /** @type {Map<string, Set<Function>>} */
     this._listeners = new Map();
@@ -221,8 +228,10 @@ export class TideSync {
   get status() { return { ...this._status }; }
 
   /**
-   * `"status"` (SyncStatus), `"change"` ({tables, source}), `"conflict"` (a local edit
-   * that lost last-write-wins), `"error"` (TideSyncError). Returns an unsubscribe function.
+   * `"status"` (SyncStatus), `"change"` ({tables, source}), `"conflict"` (a local edit that
+   * lost last-write-wins: {id, table, operation, local, localUpdatedAt, row} where `row` is the
+   * server's winning row, null when deleted), `"error"` (TideSyncError). Returns an
+   * unsubscribe function.
    * @param {string} event @param {Function} fn
    */
   on(event, fn) {

@@ -10,103 +10,17 @@ from __future__ import annotations
 
 import argparse
 import logging
-import random
-import sqlite3
 import sys
-import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+from tidesync.server.seed import seed_demo, seed_tasks
 
 __all__ = ["main", "seed_demo", "seed_tasks"]
 
 log = logging.getLogger("tidesync")
 
 WS_MAX_SIZE = 4 << 20  # above the session's 1 MiB limit, so oversized frames get srv_error
-
-
-def _iso(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-
-
-def _open(db: str | Path, schema_sql: str | None) -> sqlite3.Connection:
-    from tidesync.server.store import Store, connect
-
-    Store(db, schema_sql).close()  # creates tables and triggers when missing
-    return connect(db)
-
-
-def seed_demo(db: str | Path, schema_sql: str | None = None) -> int:
-    """Sample projects and tasks, only when both tables are empty; returns rows added."""
-    conn = _open(db, schema_sql)
-    try:
-        has = conn.execute(
-            "SELECT (SELECT COUNT(*) FROM projects) + (SELECT COUNT(*) FROM tasks)"
-        ).fetchone()[0]
-        if has:
-            return 0
-        now = datetime.now(tz=UTC)
-        projects = [("p-home", "Home"), ("p-work", "Work"), ("p-garden", "Garden")]
-        titles = [
-            ("p-home", "Buy milk"),
-            ("p-home", "Fix the tap"),
-            ("p-home", "Call grandma"),
-            ("p-work", "Write the sync server"),
-            ("p-work", "Review pull requests"),
-            ("p-work", "Plan the sprint"),
-            ("p-work", "Update the docs"),
-            ("p-garden", "Water the tomatoes"),
-            ("p-garden", "Mow the lawn"),
-            ("p-garden", "Plant tulips"),
-        ]
-        conn.execute("BEGIN IMMEDIATE")
-        conn.executemany(
-            "INSERT INTO projects(id, name, updated_at) VALUES (?, ?, ?)",
-            [(pid, name, _iso(now)) for pid, name in projects],
-        )
-        conn.executemany(
-            "INSERT INTO tasks(id, project_id, title, done, updated_at) VALUES (?, ?, ?, ?, ?)",
-            [
-                (f"t-{i + 1}", pid, title, int(i % 4 == 0), _iso(now + timedelta(milliseconds=i)))
-                for i, (pid, title) in enumerate(titles)
-            ],
-        )
-        conn.execute("COMMIT")
-        return len(projects) + len(titles)
-    finally:
-        conn.close()
-
-
-def seed_tasks(db: str | Path, count: int, schema_sql: str | None = None) -> int:
-    """Add ``count`` tasks (and a few projects for them) in one transaction."""
-    conn = _open(db, schema_sql)
-    try:
-        now = datetime.now(tz=UTC)
-        stamp = _iso(now)
-        projects = [(f"bulk-{uuid.uuid4().hex[:8]}", f"Bulk project {i + 1}") for i in range(10)]
-        rng = random.Random(count)
-        conn.execute("BEGIN IMMEDIATE")
-        conn.executemany(
-            "INSERT INTO projects(id, name, updated_at) VALUES (?, ?, ?)",
-            [(pid, name, stamp) for pid, name in projects],
-        )
-        conn.executemany(
-            "INSERT INTO tasks(id, project_id, title, done, updated_at) VALUES (?, ?, ?, ?, ?)",
-            (
-                (
-                    str(uuid.uuid4()),
-                    projects[i % len(projects)][0],
-                    f"Task {i + 1}",
-                    int(rng.random() < 0.3),
-                    stamp,
-                )
-                for i in range(count)
-            ),
-        )
-        conn.execute("COMMIT")
-        return count
-    finally:
-        conn.close()
 
 
 def _read_schema(path: str | None) -> str | None:
@@ -125,7 +39,13 @@ def _serve(args: argparse.Namespace) -> int:
         if added:
             log.info("seeded %d demo rows into %s", added, args.db)
     config = SessionConfig(heartbeat_interval_ms=int(args.heartbeat * 1000))
-    app = create_app(args.db, schema_sql=schema_sql, site_dir=args.site, config=config)
+    app = create_app(
+        args.db,
+        schema_sql=schema_sql,
+        site_dir=args.site,
+        config=config,
+        allow_seed=args.allow_seed,
+    )
     log.info("serving on http://%s:%d (db %s)", args.host, args.port, args.db)
     uvicorn.run(
         app,
@@ -156,6 +76,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--site", help="directory served at / (the built site)")
     serve.add_argument("--seed-demo", action="store_true", help="sample data into an empty db")
     serve.add_argument("--heartbeat", type=float, default=5.0, help="heartbeat interval, s")
+    serve.add_argument(
+        "--allow-seed",
+        action="store_true",
+        help="enable POST /api/seed?tasks=N (demo large-data mode; never in production)",
+    )
     serve.add_argument("--log-level", default="INFO")
     serve.set_defaults(func=_serve)
     seed = sub.add_parser("seed", help="add many tasks (large-data mode)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -35,3 +36,26 @@ def test_site_files_get_module_and_wasm_types_and_cache_rules(
     kind, cache, _ = _get(server.http_url + "/pyodide/pyodide.asm.wasm")
     assert kind == "application/wasm" and "immutable" in (cache or "")
     assert server.health()["lsn"] != "0/0"  # --seed-demo went through the history
+
+
+def _post(url: str) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_seed_endpoint_exists_only_with_allow_seed_and_writes_through_history(
+    server_factory: Callable[..., ServerHandle],
+) -> None:
+    closed = server_factory()
+    assert _post(closed.http_url + "/api/seed?tasks=10")[0] in (404, 405)
+    open_ = server_factory(allow_seed=True)
+    assert _post(open_.http_url + "/api/seed?tasks=nope")[0] == 400
+    assert _post(open_.http_url + "/api/seed?tasks=0")[0] == 400
+    status, body = _post(open_.http_url + "/api/seed?tasks=250")
+    assert status == 200 and b'"added":250' in body
+    # 250 tasks + 10 projects, each captured as a history row
+    assert open_.health()["lsn"] == "0/104"

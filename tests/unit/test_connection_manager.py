@@ -243,3 +243,14 @@ def test_every_session_ends_exactly_once_under_random_events() -> None:
 def test_table_covers_every_state() -> None:
     states = {state for state, _ in TRANSITIONS}
     assert states == set(ConnectionState)
+
+
+def test_an_unreachable_server_and_a_lost_connection_show_as_last_error() -> None:
+    cm = make()
+    cm.connect_requested(0.0)
+    cm.failed(0.1, "connection refused")
+    assert cm.last_error == "cannot reach the server (connection refused); retrying"
+    cm.tick(100.0)
+    cm.opened(100.1)
+    cm.closed(101.0, 1006, "")
+    assert cm.last_error == "connection lost (1006)"

@@ -12,6 +12,7 @@ one worker only.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import time
@@ -107,7 +108,7 @@ async def start(bridge: Any) -> None:
         to_sync(reply)
         if data.get("cmd") == "port.record_results" and reply.get("ok"):
             for lost in conflicts_in(data.get("args") or {}):
-                to_page({"event": "conflict", "change": lost})
+                to_page({"event": "conflict", "change": await _describe(worker, lost)})
 
     def spawn(coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -130,6 +131,7 @@ async def start(bridge: Any) -> None:
         elif data.get("event") == "status":
             sync_status.clear()
             sync_status.update(data.get("status") or {})
+            sync_status["clientId"] = worker.client_id
             to_page({"event": "status", "status": dict(sync_status)})
 
     sync_port.onmessage = proxies.proxy(on_sync_message)
@@ -142,6 +144,28 @@ async def start(bridge: Any) -> None:
             "timings": {"pyodideBoot": round(config.get("bootMillis") or 0), "dbOpen": opened_ms},
         }
     )
+
+
+async def _describe(worker: ChangesWorker, lost: dict[str, Any]) -> dict[str, Any]:
+    """A lost local edit, as the page shows it: what was written, and what won."""
+    rows = await worker.query(
+        "SELECT table_name, operation, data, updated_at FROM local_changes WHERE id = ?",
+        [lost["id"]],
+    )
+    if not rows:
+        return lost
+    row = rows[0]
+    try:
+        local = json.loads(row["data"]) if isinstance(row["data"], str) else row["data"]
+    except ValueError:
+        local = row["data"]
+    return {
+        **lost,
+        "table": row["table_name"],
+        "operation": row["operation"],
+        "local": local,
+        "localUpdatedAt": row["updated_at"],
+    }
 
 
 def _page_status(local: Mapping[str, Any]) -> dict[str, Any]:

@@ -217,14 +217,34 @@ async def _health(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok", "lsn": format_lsn(lsn), "clients": len(state.connections)})
 
 
+async def _seed(request: Request) -> JSONResponse:
+    """Demo only (``--allow-seed``): add N tasks through the normal tables."""
+    from tidesync.server.seed import MAX_SEED_TASKS, seed_tasks
+
+    state: ServerState = request.app.state.tidesync
+    try:
+        count = int(request.query_params.get("tasks", "100000"))
+    except ValueError:
+        return JSONResponse({"error": "tasks must be a whole number"}, status_code=400)
+    if not 1 <= count <= MAX_SEED_TASKS:
+        return JSONResponse({"error": f"tasks must be 1..{MAX_SEED_TASKS}"}, status_code=400)
+    added = await asyncio.to_thread(seed_tasks, state.store.path, count, state.store.schema_sql)
+    log.info("seeded %d tasks over HTTP", added)
+    return JSONResponse({"added": added})
+
+
 def create_app(
     db_path: str | os.PathLike[str],
     *,
     schema_sql: str | None = None,
     site_dir: str | os.PathLike[str] | None = None,
     config: SessionConfig | None = None,
+    allow_seed: bool = False,
 ) -> Starlette:
-    """The server app; the store opens (and the tailer starts) in the lifespan."""
+    """The server app; the store opens (and the tailer starts) in the lifespan.
+
+    ``allow_seed`` adds ``POST /api/seed?tasks=N`` (the demo's large-data button).
+    """
     store = Store(Path(db_path), schema_sql)
     hub = Hub(store)
     state = ServerState(store, hub, config or SessionConfig())
@@ -244,6 +264,8 @@ def create_app(
         WebSocketRoute("/api/sync", _sync_endpoint),
         Route("/api/health", _health),
     ]
+    if allow_seed:
+        routes.append(Route("/api/seed", _seed, methods=["POST"]))
     if site_dir is not None:
         routes.append(Mount("/", _SiteFiles(directory=Path(site_dir), html=True), name="site"))
     app = Starlette(routes=routes, lifespan=lifespan)

@@ -88,12 +88,25 @@ class PortRpc:
         self._proxies.destroy()
 
 
+def page_phase(status: SyncStatus) -> str:
+    """One word for the page: the sync phase when connected, else why not.
+
+    ``connecting``/``initial``/``catchup``/``live`` while the socket is up;
+    ``offline``, ``backoff`` (waiting to reconnect), ``connecting``, ``stopped``
+    or ``disconnected`` while it is not.
+    """
+    if status.connected:
+        return status.phase.value
+    return "connecting" if status.connection == "open" else status.connection
+
+
 def status_to_dict(status: SyncStatus) -> dict[str, Any]:
     """The page's view of a ``SyncStatus`` (camelCase, JSON-able)."""
     progress = status.init_progress
     return {
         "connected": status.connected,
-        "phase": status.phase.value,
+        "phase": page_phase(status),
+        "syncPhase": status.phase.value,
         "lsn": status.lsn_text,
         "pending": status.pending,
         "repairs": status.repairs,

@@ -256,6 +256,10 @@ class ConnectionManager:
             self.last_error = f"server closed the connection: {code} {reason}".strip()
             log.error("%s; retrying in %.0f s", self.last_error, self.backoff.fatal_delay)
             return ended + self._enter_backoff(now, fatal=True)
+        if not was_open:
+            self.last_error = f"cannot reach the server ({reason or code}); retrying"
+        elif code != 1000:
+            self.last_error = f"connection lost ({code}{' ' + reason if reason else ''})"
         log.info("connection ended (%s %s); reconnecting", code, reason)
         return ended + self._enter_backoff(now, fatal=False)
 

@@ -43,7 +43,10 @@ class SyncStatus:
     last_error: str | None = None
     reconnect_in: float | None = None  # seconds until the next attempt, when backing off
     init_progress: InitProgress | None = None
-    repairs: int = 0  # integrity checks that found a table differing and re-synced
+    repairs: int = 0
+    # The socket's side of the story while not connected: "backoff" (waiting to
+    # reconnect), "offline" (toggle or no network), "connecting", "stopped"...
+    connection: str = "disconnected"  # integrity checks that found a table differing and re-synced
 
     @property
     def lsn_text(self) -> str:

@@ -440,6 +440,7 @@ class SyncWorker:
             reconnect_in=self._cm.reconnect_in(now),
             init_progress=proc.init_progress,
             repairs=self._integrity.repairs,
+            connection=self._cm.state.value,
         )
         # Waiters re-check after every step (``_local_unseen`` may have flipped even
         # when the status itself did not change); callbacks hear only real changes.
