@@ -215,10 +215,17 @@ def main() -> int:
         *tree_files(ROOT / "js_shim"),
         *tree_files(ROOT / "web_demo"),
     ]
+    # Every file the site serves from js/ and the demo, so a service worker can
+    # precache the shell without a hand-kept list (pyodide/ and the wheel are named apart).
+    shell = sorted(
+        [f"js/{p.relative_to(ROOT / 'js_shim').as_posix()}" for p in tree_files(ROOT / "js_shim")]
+        + [p.relative_to(ROOT / "web_demo").as_posix() for p in tree_files(ROOT / "web_demo")]
+    )
     manifest = {
         "pyodide": PYODIDE_VERSION,
         "wheel": f"wheels/{wheel.name}",
         "version": hash_inputs(version_inputs)[:16],
+        "files": [f for f in shell if not f.endswith((".py", ".md"))],
     }
     text = json.dumps(manifest, indent=2) + "\n"
     mpath = SITE / "manifest.json"

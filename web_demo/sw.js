@@ -54,7 +54,9 @@ sw.addEventListener("install", (event) => {
     const name = `${PREFIX}${manifest.version}`;
     const cache = await caches.open(name);
     await cache.put(abs("manifest.json"), response);
-    const files = [...SHELL, ...PYODIDE, manifest.wheel];
+    // The build lists every shell file; SHELL is the fallback for an older manifest.
+    const listed = Array.isArray(manifest.files) ? manifest.files : [];
+    const files = [...new Set(["./", ...SHELL, ...listed, ...PYODIDE, manifest.wheel])];
     await Promise.all(files.map(async (file) => {
       // Pyodide is pinned and served immutable: the HTTP cache may answer. The rest must be fresh.
       const init = file.startsWith("pyodide/") ? {} : { cache: /** @type {RequestCache} */ ("reload") };
