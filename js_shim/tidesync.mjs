@@ -229,8 +229,8 @@ export class TideSync {
 
   /**
    * `"status"` (SyncStatus), `"change"` ({tables, source}), `"conflict"` (a local edit that
-   * lost last-write-wins: {id, table, operation, local, localUpdatedAt, row} where `row` is the
-   * server's winning row, null when deleted), `"error"` (TideSyncError). Returns an
+   * lost last-write-wins: {id, table, operation, local, localUpdatedAt, row, deleted}: `row` is
+   * the server's winning row, `deleted` true when the row was deleted there), `"error"` (TideSyncError). Returns an
    * unsubscribe function.
    * @param {string} event @param {Function} fn
    */

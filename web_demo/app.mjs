@@ -92,14 +92,19 @@ offlineButton.addEventListener("click", async () => {
 });
 
 db.on("conflict", (/** @type {any} */ change) => {
-  /** @type {Record<string, any>} */
-  let data = change?.data ?? change?.row ?? {};
-  if (typeof data === "string") { try { data = JSON.parse(data); } catch { data = {}; } }
-  if (typeof data !== "object" || data === null) data = {};
-  const table = change?.table_name ?? change?.table ?? ("title" in data ? "tasks" : "name" in data ? "projects" : "row");
-  const label = data.title ?? data.name;
-  const what = label ? `“${label}”` : `a ${table === "tasks" ? "task" : table === "projects" ? "project" : table} row`;
-  toast(`Your edit to ${what} lost to a newer edit from another device.`, { kind: "conflict", timeout: 8000 });
+  // {id, table, operation, local, localUpdatedAt, row, deleted}: `local` is what we
+  // wrote, `row` the server's winning row (`deleted` when it was deleted there).
+  const table = change?.table ?? "row";
+  const local = change?.local && typeof change.local === "object" ? change.local : {};
+  const winner = change?.row && typeof change.row === "object" ? change.row : null;
+  const label = local.title ?? local.name ?? winner?.title ?? winner?.name;
+  const noun = table === "tasks" ? "task" : table === "projects" ? "project" : table;
+  const what = label ? `${noun} “${label}”` : `a ${noun}`;
+  const outcome = change?.deleted ? "it was deleted on another device"
+    : winner && (winner.title ?? winner.name) && (winner.title ?? winner.name) !== label
+      ? `it is now “${winner.title ?? winner.name}”`
+      : "a newer edit from another device won";
+  toast(`Your edit to ${what} lost: ${outcome}.`, { kind: "conflict", timeout: 8000 });
   inspector.schedule();
 });
 db.on("error", showError);

@@ -37,7 +37,7 @@ async def test_a_lost_edit_is_described_with_what_was_written_and_what_won(
         {"id": "other", "status": "applied", "lsn": "0/2"},
     ]
     lost = conflicts_in({"results": results})
-    assert lost == [{"id": change_id, "row": {"id": "p1", "name": "x"}}]
+    assert lost == [{"id": change_id, "row": {"id": "p1", "name": "x"}, "deleted": False}]
     described = await _describe(worker, lost[0])
     assert described["table"] == "projects" and described["operation"] == "insert"
     assert described["local"]["name"] == "mine" and described["row"]["name"] == "x"

@@ -50,7 +50,14 @@ def conflicts_in(args: Mapping[str, Any]) -> list[dict[str, Any]]:
             and result.get("status") == "skipped"
             and result.get("reason") == "lww"
         ):
-            lost.append({"id": result.get("id"), "row": result.get("row")})
+            lost.append(
+                {
+                    "id": result.get("id"),
+                    "row": result.get("row"),
+                    # JS cannot tell null from absent after the crossing: say it.
+                    "deleted": "row" in result and result["row"] is None,
+                }
+            )
     return lost
 
 
