@@ -32,6 +32,9 @@ site: $(VENV)/.installed
 	$(PY) build/build_site.py
 
 demo: setup site
+	@echo ""
+	@echo "  tidesync demo: open http://$(HOST):$(PORT)/ in two windows (Ctrl-C stops the server)"
+	@echo ""
 	$(PY) -m tidesync serve --host $(HOST) --port $(PORT) --db $(DEMO_DB) --site _site --seed-demo --allow-seed
 
 serve: $(VENV)/.installed
