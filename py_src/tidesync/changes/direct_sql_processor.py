@@ -82,8 +82,10 @@ class DirectSqlProcessor:
         """
         result = BatchResult(lsn=max(current_lsn, last_lsn))
         latest = 0
-        with write_transaction(self._conn, applying=True):
-            self._conn.execute(f"PRAGMA defer_foreign_keys = {'OFF' if isolate else 'ON'}")
+        # Foreign keys are not enforced on server data: the server's state is consistent
+        # at every LSN, and a local overlay (a pending delete of the parent) must not make
+        # a change of another client unappliable (it would be dropped and the row lost).
+        with write_transaction(self._conn, applying=True, foreign_keys=False):
             for change in changes:
                 if change.lsn is not None and change.lsn <= current_lsn:
                     continue

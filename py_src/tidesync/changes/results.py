@@ -37,7 +37,9 @@ def record_results(
 ) -> BatchResult:
     """Settle each result's local change; unknown ids are logged and ignored."""
     outcome = BatchResult(lsn=current_lsn)
-    with write_transaction(conn, applying=True):
+    # Server rows are the server's current state, possibly ahead of our LSN: a row may
+    # reference a parent we receive later, so foreign keys are not enforced here.
+    with write_transaction(conn, applying=True, foreign_keys=False):
         for result in results:
             row = conn.execute(
                 "SELECT seq, table_name, pk, data FROM local_changes "
