@@ -15,8 +15,9 @@ one place every write goes through.  Invariants kept:
   server's own writer fills (and empties again before it commits).  Other
   writers see it empty: author unknown (NULL), change id random, time = the
   row's ``updated_at`` column when the table has one, else now (ISO-ms UTC).
-  The context change id is used only for the row the change names; rows touched
-  by cascades get their own random ids (clients key changes by id).
+  The context change id and author are used only for the row the change names;
+  rows touched by cascades get their own random ids (clients key changes by id)
+  and no author, so they reach every client, the author included.
 """
 
 from __future__ import annotations
@@ -61,20 +62,21 @@ def _record(table: TableInfo, ref: str, operation: str, *, key_only: bool, when:
     """Two statements: the history row and the row's LWW version."""
     name = _literal(table.name)
     pk = _pk_json(table, ref)
-    change_id = (
-        f"CASE WHEN {_CTX.format(col='table_name')} = {name} "
-        f"AND {_CTX.format(col='pk')} = {pk} "
-        f"THEN {_CTX.format(col='change_id')} ELSE {_RANDOM_ID_SQL} END"
-    )
+    named = f"{_CTX.format(col='table_name')} = {name} AND {_CTX.format(col='pk')} = {pk}"
+    change_id = f"CASE WHEN {named} THEN {_CTX.format(col='change_id')} ELSE {_RANDOM_ID_SQL} END"
+    # Rows touched by a cascade have no author: the client that made the change must be
+    # sent them too (sessions leave out a client's own rows), since its local copy of the
+    # children may differ from the server's (e.g. a child it received after its delete).
+    author = f"CASE WHEN {named} THEN {_CTX.format(col='client_id')} END"
     time_sql = _time_sql(table, ref, use_row=operation != "delete")
     where = f"WHERE {when}" if when else "WHERE 1"
     return (
         "INSERT INTO _ts_change_history"
         "(change_id, client_id, table_name, operation, data, updated_at, created_at) "
-        f"SELECT {change_id}, {_CTX.format(col='client_id')}, {name}, {_literal(operation)}, "
+        f"SELECT {change_id}, {author}, {name}, {_literal(operation)}, "
         f"{_row_json(table, ref, key_only=key_only)}, {time_sql}, {NOW_ISO_SQL} {where};\n"
         "INSERT INTO _ts_row_versions(table_name, pk, updated_at, client_id) "
-        f"SELECT {name}, {pk}, {time_sql}, {_CTX.format(col='client_id')} {where} "
+        f"SELECT {name}, {pk}, {time_sql}, {author} {where} "
         "ON CONFLICT(table_name, pk) DO UPDATE SET "
         "updated_at = excluded.updated_at, client_id = excluded.client_id;\n"
     )
@@ -108,7 +110,12 @@ def _trigger_sql(table: TableInfo) -> list[str]:
 
 
 def install_triggers(conn: sqlite3.Connection, schema: Schema) -> None:
-    """Create the capture triggers of every synced table (idempotent)."""
+    """(Re)create the capture triggers of every synced table (idempotent).
+
+    Dropped first, so a file written by an earlier version gets the current triggers.
+    """
     for name in schema.order:
+        for trigger in trigger_names(schema.tables[name]):
+            conn.execute(f"DROP TRIGGER IF EXISTS {quote_ident(trigger)}")
         for statement in _trigger_sql(schema.tables[name]):
             conn.execute(statement)
