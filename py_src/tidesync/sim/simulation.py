@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import sqlite3
 import tempfile
 import time
 import traceback
@@ -29,15 +28,15 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from tidesync.schema import Schema, demo_schema_sql, quote_ident
+from tidesync.schema import Schema, demo_schema_sql
 from tidesync.server.session import SessionConfig
 from tidesync.sim.client import SimClient
 from tidesync.sim.invariants import Violation, check_invariants
-from tidesync.sim.loop import VirtualTimeLoop, seeded_ids, seeded_sqlite
+from tidesync.sim.loop import VirtualTimeLoop, seeded_ids
 from tidesync.sim.network import NetworkConfig, SimNetwork
 from tidesync.sim.report import SimReport, fingerprint, local_change_states
 from tidesync.sim.server import SimServer
-from tidesync.sim.workload import Workload
+from tidesync.sim.workload import Workload, admin_update
 from tidesync.worker_sync.worker_thread.sync_worker import SyncWorker
 
 __all__ = ["FaultConfig", "Simulation"]
@@ -301,53 +300,13 @@ class _Run:
             sync.go_online()
 
     def _admin_write(self) -> None:
-        """Another program updates a row on the server (captured by triggers, seen by polling).
-
-        Updates only, and only of tables with ``updated_at`` (set to the virtual
-        time): a delete, or a table without that column, would take SQLite's
-        real ``'now'`` as the change time, and the run would stop being repeatable.
-        """
-        schema = self.sim.schema
-        tables = [schema.tables[n] for n in schema.order if schema.tables[n].has_updated_at]
-        if not tables:
-            return
-        table = self.rng.choice(tables)
-        fk_columns = {fk.column for fk in self.workload.fks.get(table.name, ())}
-        cols = [
-            c
-            for c in table.columns
-            if not c.pk_index
-            and c.name != "updated_at"
-            and c.name not in fk_columns
-            and c.affinity in ("TEXT", "INTEGER")
-        ]
-        if not cols:
-            return
-        conn = sqlite3.connect(str(self.server.path), isolation_level=None)
-        seeded_sqlite(conn, self.rng)
-        try:
-            conn.execute("PRAGMA foreign_keys = ON")
-            keys = ", ".join(quote_ident(k) for k in table.primary_key)
-            found = conn.execute(
-                f"SELECT {keys} FROM {quote_ident(table.name)} ORDER BY {keys}"
-            ).fetchall()
-            if not found:
-                return
-            key = self.rng.choice(found)
-            col = self.rng.choice(cols)
-            value: Any = f"admin {self.rng.randrange(100)}" if col.affinity == "TEXT" else 7
-            where = " AND ".join(f"{quote_ident(k)} = ?" for k in table.primary_key)
-            conn.execute(
-                f"UPDATE {quote_ident(table.name)} SET {quote_ident(col.name)} = ?, "
-                f"updated_at = ? WHERE {where}",
-                [value, _iso(self.wall_ms()), *key],
-            )
-            self.faults["admin_update"] += 1
-        except sqlite3.Error:
-            self.faults["admin_refused"] += 1
-        finally:
-            conn.close()
-        self.loop.call_later(0.1, self.server.external_commit)  # the tailer's poll interval
+        """Another program writes the server file; the tailer would notice within 0.1 s."""
+        outcome = admin_update(
+            self.server.path, self.sim.schema, self.workload, self.rng, _iso(self.wall_ms())
+        )
+        if outcome:
+            self.faults[outcome] += 1
+            self.loop.call_later(0.1, self.server.external_commit)
 
     # --- the end ------------------------------------------------------------------------------
 

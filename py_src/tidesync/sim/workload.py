@@ -18,13 +18,15 @@ import random
 import sqlite3
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tidesync.changes.worker import ChangesWorker
 from tidesync.changes.writes import WriteError, WriteOp
 from tidesync.schema import Column, Schema, TableInfo, quote_ident
+from tidesync.sim.loop import seeded_sqlite
 
-__all__ = ["Workload"]
+__all__ = ["Workload", "admin_update"]
 
 _WORDS = ("alpha", "bravo", "café", "delta", "echo", "fox", "golf", "hôtel", "ïndia", "j'ai")
 
@@ -161,3 +163,53 @@ class Workload:
         if not rows:
             return None
         return dict(self.rng.choice(rows))
+
+
+def admin_update(
+    server_path: Path, schema: Schema, workload: Workload, rng: random.Random, now_iso: str
+) -> str | None:
+    """Another program updates one server row in place; returns what happened (for counting).
+
+    Updates only, and only of tables with ``updated_at`` (set to the virtual
+    time): a delete, or a table without that column, would take SQLite's real
+    ``'now'`` as the change time, and the run would stop being repeatable.
+    """
+    tables = [schema.tables[n] for n in schema.order if schema.tables[n].has_updated_at]
+    if not tables:
+        return None
+    table = rng.choice(tables)
+    fk_columns = {fk.column for fk in workload.fks.get(table.name, ())}
+    cols = [
+        c
+        for c in table.columns
+        if not c.pk_index
+        and c.name != "updated_at"
+        and c.name not in fk_columns
+        and c.affinity in ("TEXT", "INTEGER")
+    ]
+    if not cols:
+        return None
+    conn = sqlite3.connect(str(server_path), isolation_level=None)
+    seeded_sqlite(conn, rng)
+    try:
+        conn.execute("PRAGMA foreign_keys = ON")
+        keys = ", ".join(quote_ident(k) for k in table.primary_key)
+        found = conn.execute(
+            f"SELECT {keys} FROM {quote_ident(table.name)} ORDER BY {keys}"
+        ).fetchall()
+        if not found:
+            return None
+        key = rng.choice(found)
+        col = rng.choice(cols)
+        value: Any = f"admin {rng.randrange(100)}" if col.affinity == "TEXT" else 7
+        where = " AND ".join(f"{quote_ident(k)} = ?" for k in table.primary_key)
+        conn.execute(
+            f"UPDATE {quote_ident(table.name)} SET {quote_ident(col.name)} = ?, "
+            f"updated_at = ? WHERE {where}",
+            [value, now_iso, *key],
+        )
+        return "admin_update"
+    except sqlite3.Error:
+        return "admin_refused"
+    finally:
+        conn.close()
