@@ -68,7 +68,19 @@ def _record(table: TableInfo, ref: str, operation: str, *, key_only: bool, when:
     # sent them too (sessions leave out a client's own rows), since its local copy of the
     # children may differ from the server's (e.g. a child it received after its delete).
     author = f"CASE WHEN {named} THEN {_CTX.format(col='client_id')} END"
-    time_sql = _time_sql(table, ref, use_row=operation != "delete")
+    # A write the server did not arbitrate (a cascade, another program) happened after the
+    # row's current version whatever its own time says: it is stamped just after that
+    # version when its time is not newer, so versions never run backwards.  Otherwise a
+    # change older than the overwritten version would win on the server against the
+    # tombstone, while every client (comparing with the overwritten version) drops it.
+    # (A version that is not a time, written by another program, is left as it is.)
+    raw_time = _time_sql(table, ref, use_row=operation != "delete")
+    version = f"(SELECT updated_at FROM _ts_row_versions WHERE table_name = {name} AND pk = {pk})"
+    time_sql = (
+        f"CASE WHEN {named} THEN {raw_time} WHEN {version} >= {raw_time} "
+        f"THEN COALESCE(strftime('%Y-%m-%dT%H:%M:%fZ', {version}, '+0.001 seconds'), "
+        f"{raw_time}) ELSE {raw_time} END"
+    )
     where = f"WHERE {when}" if when else "WHERE 1"
     return (
         "INSERT INTO _ts_change_history"
