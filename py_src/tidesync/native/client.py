@@ -135,11 +135,14 @@ async def _open(
     db_path: str,
     schema_sql: str | None,
     heartbeat_interval: float,
+    now_ms: Callable[[], int] | None,
     sync_options: dict[str, Any],
 ) -> Client:
     from tidesync.changes.worker import ChangesWorker
 
-    changes = await ChangesWorker.open(db_path, schema_sql=schema_sql)
+    changes = await ChangesWorker.open(db_path, schema_sql=schema_sql, now_ms=now_ms)
+    if now_ms is not None:
+        sync_options.setdefault("wall_ms", now_ms)
     sync = SyncWorker(
         changes,
         WebsocketsTransport,
@@ -187,11 +190,14 @@ def connect(
     *,
     schema_sql: str | None = None,
     heartbeat_interval: float = 5.0,
+    now_ms: Callable[[], int] | None = None,
     **sync_options: Any,
 ) -> _Connecting:
     """Open ``db_path`` and sync it with the server at ``url`` (``ws://host:port/api/sync``).
 
     ``schema_sql`` is the app's ``CREATE TABLE`` SQL (default: the demo schema).
+    ``now_ms`` replaces the wall clock (ms since the epoch) of this client: the
+    hybrid logical clock that stamps local changes, and message timestamps.
     ``sync_options`` go to ``SyncWorker`` (``batch_size``, ``backoff``...).
     """
-    return _Connecting(url, str(db_path), schema_sql, heartbeat_interval, sync_options)
+    return _Connecting(url, str(db_path), schema_sql, heartbeat_interval, now_ms, sync_options)
