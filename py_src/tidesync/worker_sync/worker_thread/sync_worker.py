@@ -234,6 +234,10 @@ class SyncWorker:
                     else:
                         await self._execute(self._cm.tick(self._clock()))
                         await self._maybe_check_integrity()
+                        if self._pending:
+                            # A batch the server failed to apply (``success: false``, e.g.
+                            # its disk was full) is retried here, at most once per tick.
+                            await self._flush()
                 except Exception as exc:  # a bug or a failing port: log, keep the loop alive
                     log.exception("sync loop step failed")
                     self._loop_error = f"{type(exc).__name__}: {exc}"
