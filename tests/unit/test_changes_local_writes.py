@@ -63,10 +63,15 @@ async def test_raw_execute_is_recorded_and_unchanged_rows_are_not(worker: Change
     await seed(worker)
     result = await worker.execute("UPDATE tasks SET done = ? WHERE id = ?", [1, "t1"])
     assert result["rowsAffected"] == 1
+    before = await worker.query("SELECT updated_at FROM tasks WHERE id = 't1'")
     await worker.execute("UPDATE tasks SET done = 1")  # no value changes: nothing to record
     rows = await changes(worker)
     assert len(rows) == 3
-    assert rows[-1]["data"] == {"id": "t1", "done": 1}
+    # Raw SQL left updated_at alone: the change and the row both take the change's time,
+    # as the server will (the author never gets its own change back to correct it).
+    assert rows[-1]["data"] == {"id": "t1", "done": 1, "updated_at": rows[-1]["updated_at"]}
+    assert await worker.query("SELECT updated_at FROM tasks WHERE id = 't1'") == before
+    assert before == [{"updated_at": rows[-1]["updated_at"]}]
 
 
 async def test_primary_key_change_is_recorded_as_delete_then_insert(worker: ChangesWorker) -> None:

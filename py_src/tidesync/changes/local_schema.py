@@ -96,6 +96,9 @@ def sql_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+_UPDATED_AT = "updated_at"
+
+
 def pk_sql(table: TableInfo, row: str = "") -> str:
     """``json_array(...)`` of the primary key: of ``row`` (``NEW``/``OLD``) or of bound values.
 
@@ -145,14 +148,33 @@ def _triggers_sql(table: TableInfo) -> list[str]:
         f"SELECT {sql_literal(c)}, NEW.{quote_ident(c)} "
         f"WHERE OLD.{quote_ident(c)} IS NOT NEW.{quote_ident(c)}"
         for c in others
+        if c != _UPDATED_AT
     ]
-    changed_data = "(SELECT json_group_object(k, v) FROM (" + " UNION ALL ".join(pairs) + "))"
     any_changed = (
         " OR ".join(f"OLD.{quote_ident(c)} IS NOT NEW.{quote_ident(c)}" for c in others) or "0"
     )
+    stamp = ""
+    if _UPDATED_AT in others:
+        # An update that leaves ``updated_at`` alone (raw SQL) takes the change's time,
+        # as the server does with it (PROTOCOL.md: a change without updated_at in data
+        # takes it from the change); the row is stamped too, or the author alone would
+        # keep the old value (its own changes are never sent back to it).
+        col = quote_ident(_UPDATED_AT)
+        pairs.append(
+            f"SELECT {sql_literal(_UPDATED_AT)}, CASE WHEN OLD.{col} IS NOT NEW.{col} "
+            f"THEN NEW.{col} ELSE {_TIME_SQL} END"
+        )
+        pk_match = " AND ".join(f"{quote_ident(c)} IS NEW.{quote_ident(c)}" for c in pk_cols)
+        # Not recursive: SQLite does not fire this trigger again for its own UPDATE.
+        stamp = (
+            f"UPDATE {target} SET {col} = {_TIME_SQL} WHERE {pk_match} "
+            f"AND ({same_pk}) AND ({any_changed}) AND OLD.{col} IS NEW.{col};"
+        )
+    changed_data = "(SELECT json_group_object(k, v) FROM (" + " UNION ALL ".join(pairs) + "))"
     update_body = "\n  ".join(
         [
             _record_sql(table, "update", "NEW", changed_data, f"({same_pk}) AND ({any_changed})"),
+            stamp,
             # A primary-key change is recorded as delete + insert (PROTOCOL.md: data holds the key).
             _record_sql(table, "delete", "OLD", _object_sql(pk_cols, "OLD"), f"NOT ({same_pk})"),
             _record_sql(table, "insert", "NEW", _object_sql(all_cols, "NEW"), f"NOT ({same_pk})"),
