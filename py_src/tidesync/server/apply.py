@@ -3,6 +3,9 @@
 The batch runs in one write transaction; each change runs inside its own
 SAVEPOINT, so a change that fails (a constraint, a bad value SQLite refuses)
 is rolled back alone and answered ``rejected`` while the others still commit.
+A failure of the database itself (disk full, I/O error, locked) is not the
+change's fault: it fails the whole batch (the session answers ``success:
+false``) and the client resends it later.
 No change is ever partly written.
 
 Per change, in this order:
@@ -187,6 +190,31 @@ class _Applier:
         return _result(change, ChangeStatus.APPLIED, lsn=lsn)
 
 
+#: SQLite errors that say nothing about the change itself (the disk is full, an I/O
+#: error, the file is locked or read-only): rejecting the change for them would drop it
+#: for good, and SQLite may already have rolled the whole transaction back.
+_ENVIRONMENT_ERRORS = frozenset(
+    {
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_NOMEM,
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_CORRUPT,
+        sqlite3.SQLITE_NOTADB,
+        sqlite3.SQLITE_INTERRUPT,
+        sqlite3.SQLITE_PROTOCOL,
+    }
+)
+
+
+def _not_the_change(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and (code & 0xFF) in _ENVIRONMENT_ERRORS
+
+
 def _now_iso() -> str:
     return datetime.now(tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
@@ -208,6 +236,8 @@ def apply_changes(
             try:
                 result = applier.one(change)
             except sqlite3.Error as exc:
+                if _not_the_change(exc):
+                    raise  # the whole batch fails (``success: false``) and is resent later
                 conn.execute("ROLLBACK TO _ts_change")
                 log.info("change %s rejected by SQLite: %s", change.id, exc)
                 table = schema.table(change.table)
