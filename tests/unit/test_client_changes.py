@@ -32,6 +32,25 @@ def applied(*ids: str) -> list[ChangeResult]:
     return [ChangeResult(id=i, status=ChangeStatus.APPLIED, lsn=1) for i in ids]
 
 
+def test_batch_of_large_rows_stays_under_the_byte_budget() -> None:
+    big = [
+        TableChange(
+            id=f"c{i}",
+            table="tasks",
+            operation=Operation.INSERT,
+            data={"id": f"t{i}", "title": "x" * 8000},
+            updated_at="2026-11-25T10:00:00.000Z",
+        )
+        for i in range(400)
+    ]
+    cc = ClientChanges(batch_bytes=100_000)
+    batch = cc.start_batch(big, "m1")
+    assert 1 < len(batch) < 400
+    assert sum(len(c.data["title"]) for c in batch) <= 100_000
+    huge = ClientChanges(batch_bytes=10)
+    assert [c.id for c in huge.start_batch(big, "m2")] == ["c0"]  # never an empty batch
+
+
 def test_batch_takes_the_oldest_changes_up_to_the_batch_size() -> None:
     cc = ClientChanges(batch_size=3)
     batch = cc.start_batch(changes(5), "m1")

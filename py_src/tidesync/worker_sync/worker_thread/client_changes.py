@@ -19,6 +19,7 @@ Call order per batch: ``can_send`` -> ``start_batch`` -> (``on_received``) ->
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,15 @@ __all__ = ["DEFAULT_BATCH_SIZE", "ClientChanges"]
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 500
+#: A batch's encoded changes stay under this, well below the server's 1 MiB frame
+#: limit (docs/protocol.md), so large rows never make a batch the server refuses.
+DEFAULT_BATCH_BYTES = 512 * 1024
+_CHANGE_OVERHEAD = 256  # id, table, operation, updated_at and JSON punctuation, generously
+
+
+def _encoded_size(change: TableChange) -> int:
+    data = json.dumps(change.data, separators=(",", ":"), ensure_ascii=False, default=str)
+    return len(data.encode("utf-8")) + _CHANGE_OVERHEAD
 
 
 @dataclass
@@ -41,6 +51,7 @@ class ClientChanges:
     """
 
     batch_size: int = DEFAULT_BATCH_SIZE
+    batch_bytes: int = DEFAULT_BATCH_BYTES
     _in_flight: dict[str, bool] = field(default_factory=dict)  # id -> received by server
     _batch_message_id: str | None = None
 
@@ -64,10 +75,21 @@ class ClientChanges:
     def start_batch(
         self, unsynced: Sequence[TableChange], message_id: str
     ) -> tuple[TableChange, ...]:
-        """Take the next batch (oldest first, at most ``batch_size``) and mark it in flight."""
+        """Take the next batch and mark it in flight.
+
+        Oldest first, at most ``batch_size`` changes and ``batch_bytes`` of encoded
+        changes (always at least one change).
+        """
         if self._in_flight:
             raise RuntimeError("a batch is already in flight; wait for srv_changes_applied")
-        batch = tuple(unsynced[: self.batch_size])
+        taken: list[TableChange] = []
+        size = 0
+        for change in unsynced[: self.batch_size]:
+            size += _encoded_size(change)
+            if taken and size > self.batch_bytes:
+                break
+            taken.append(change)
+        batch = tuple(taken)
         self._in_flight = {change.id: False for change in batch}
         self._batch_message_id = message_id if batch else None
         return batch
