@@ -73,6 +73,7 @@ const EIO = 29;
 const EINVAL = 28;
 const ENODEV = 43;
 const ENOTEMPTY = 55;
+const ENOSPC = 51;
 
 /** @type {Set<OpfsStorage>} */
 const mounted = new Set();
@@ -250,9 +251,29 @@ export async function mountOpfs(pyodide, options = {}) {
   const live = () => {
     if (closed) throw err(EIO);
   };
+  // A sync access handle reports failures as DOMExceptions. Emscripten passes
+  // only ErrnoErrors back to C as an errno; anything else unwinds straight
+  // through SQLite's C frames, leaving the connection unusable (or the worker
+  // hung). So: the quota used up is ENOSPC (SQLite: "database or disk is
+  // full"), anything else EIO, with the browser's own message on the console.
+  /** @template T @param {OpfsEntry} e @param {string} op @param {() => T} fn @returns {T} */
+  const io = (e, op, fn) => {
+    try {
+      return fn();
+    } catch (x) {
+      const error = /** @type {any} */ (x);
+      if (error?.name === "ErrnoError") throw error;
+      const full = error?.name === "QuotaExceededError";
+      console.error(
+        `opfs_fs: ${op} ${e.name} failed: ${error?.name}: ${error?.message}` +
+          (full ? " (the storage quota of this site is used up)" : ""),
+      );
+      throw err(full ? ENOSPC : EIO);
+    }
+  };
   /** @param {OpfsEntry} e */
   const flush = (e) => {
-    e.handle.flush();
+    io(e, "flush", () => e.handle.flush());
     e.dirty = false;
     stats.flushes++;
   };
@@ -333,7 +354,9 @@ export async function mountOpfs(pyodide, options = {}) {
       live();
       const e = /** @type {OpfsEntry} */ (stream.opfsEntry);
       if (length <= 0 || position >= e.size) return 0;
-      const n = e.handle.read(buffer.subarray(offset, offset + length), { at: position });
+      const n = io(e, "read", () =>
+        e.handle.read(buffer.subarray(offset, offset + length), { at: position }),
+      );
       stats.reads++;
       stats.bytesRead += n;
       return n;
@@ -349,8 +372,21 @@ export async function mountOpfs(pyodide, options = {}) {
       if (!length) return 0;
       const e = /** @type {OpfsEntry} */ (stream.opfsEntry);
       beforeModify(e);
-      const n = e.handle.write(buffer.subarray(offset, offset + length), { at: position });
-      if (n !== length) throw err(EIO);
+      const n = io(e, "write", () =>
+        e.handle.write(buffer.subarray(offset, offset + length), { at: position }),
+      );
+      if (n !== length) {
+        // Chromium 156 reports a full disk / used-up quota by returning base::File's
+        // error code as an unsigned count (-8, FILE_ERROR_NO_SPACE -> 4294967288)
+        // instead of throwing; a short count means no room for the rest too.
+        const code = n | 0;
+        const full = code === -8 || (code >= 0 && code < length);
+        console.error(
+          `opfs_fs: write ${e.name} failed: wrote ${n} of ${length} bytes at ${position}` +
+            (full ? " (no space: the storage quota of this site is used up)" : ""),
+        );
+        throw err(full ? ENOSPC : EIO);
+      }
       if (position + n > e.size) e.size = position + n;
       e.mtime = e.ctime = Date.now();
       markDirty(e);
@@ -417,7 +453,7 @@ export async function mountOpfs(pyodide, options = {}) {
       if (attr.size !== undefined) {
         if (attr.size < 0) throw err(EINVAL);
         beforeModify(e);
-        e.handle.truncate(attr.size);
+        io(e, "truncate", () => e.handle.truncate(attr.size));
         e.size = attr.size;
         e.mtime = e.ctime = Date.now();
         markDirty(e);
@@ -488,7 +524,7 @@ export async function mountOpfs(pyodide, options = {}) {
       // Deleting a rollback journal is SQLite's commit point in DELETE mode: make
       // the "deletion" (truncate to 0) durable, after the database, before returning.
       beforeModify(e);
-      e.handle.truncate(0);
+      io(e, "truncate", () => e.handle.truncate(0));
       e.size = 0;
       flush(e);
       dirtySet.delete(e);
