@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -53,6 +53,15 @@ _ABSENT = object()
 
 def _pk_where(table: TableInfo) -> str:
     return " AND ".join(f"{quote_ident(k)} = ?" for k in table.primary_key)
+
+
+def _plain_key(table: TableInfo, data: Mapping[str, Any]) -> bool:
+    """Every key column holds a value SQLite can bind (not null, not a list or object).
+
+    Only such a key can look up "the server's current row" for a result; a change
+    whose key is malformed is rejected without one.
+    """
+    return all(isinstance(data.get(k), str | int | float) for k in table.primary_key)
 
 
 def current_row(
@@ -106,7 +115,7 @@ class _Applier:
         table = self.schema.table(change.table)
         if prior is not None:
             row: Any = _ABSENT
-            if table is not None and all(k in change.data for k in table.primary_key):
+            if table is not None and _plain_key(table, change.data):
                 row = current_row(self.conn, table, table.key_of(change.data))
             return _result(change, ChangeStatus.SKIPPED, lsn=prior[1], reason="duplicate", row=row)
         if table is None:
@@ -120,8 +129,7 @@ class _Applier:
         problem = self.schema.validate_change_data(table, data, full_row=full)
         key = table.key_of(data)
         if problem is not None:
-            has_key = all(data.get(k) is not None for k in table.primary_key)
-            row = current_row(self.conn, table, key) if has_key else _ABSENT
+            row = current_row(self.conn, table, key) if _plain_key(table, data) else _ABSENT
             return _result(change, ChangeStatus.REJECTED, reason=problem, row=row)
         pk_json = self.pk_json(key)
         version = self.conn.execute(
@@ -242,9 +250,7 @@ def apply_changes(
                 log.info("change %s rejected by SQLite: %s", change.id, exc)
                 table = schema.table(change.table)
                 row: Any = _ABSENT
-                if table is not None and all(
-                    change.data.get(k) is not None for k in table.primary_key
-                ):
+                if table is not None and _plain_key(table, change.data):
                     row = current_row(conn, table, table.key_of(change.data))
                 result = _result(
                     change, ChangeStatus.REJECTED, reason=f"database refused: {exc}", row=row
