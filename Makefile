@@ -62,8 +62,14 @@ test: setup site lint
 	$(PY) -m pytest -q tests/unit tests/integration
 	$(PY) -m pytest -q tests/pyodide tests/e2e
 
+# Benchmarks (docs/performance.md): headless Chromium + CPython on this machine, ~15 min;
+# `make bench BENCH_ARGS=--quick` for a ~3-minute run. Comparison engines are pinned in
+# bench/package-lock.json; matplotlib is a bench-only dependency (the PNG plot).
+BENCH_ARGS ?=
 bench: setup site
-	$(PY) bench/run.py
+	npm ci --prefix bench --no-audit --no-fund --loglevel=error
+	$(PIP) install -q matplotlib
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) _site dist build/node_modules .pytest_cache
