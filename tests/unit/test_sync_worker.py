@@ -29,6 +29,7 @@ from tidesync.worker_sync.shared.message_types import (
     SrvCatchupCompleted,
     SrvChangesApplied,
     SrvError,
+    SrvHeartbeat,
     SrvInitChanges,
     SrvInitComplete,
     SrvInitStart,
@@ -345,3 +346,32 @@ def test_sync_side_and_package_import_no_socket_library() -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+async def test_client_keeps_heartbeating_while_a_long_snapshot_commit_runs() -> None:
+    class SlowCommitPort(FakePort):
+        async def commit_initial_sync(self, server_lsn: int) -> Any:
+            await asyncio.sleep(0.5)  # 10 heartbeat intervals, like 50k rows in Pyodide
+            return await super().commit_initial_sync(server_lsn)
+
+    port, net = SlowCommitPort(), FakeNetwork()
+    w = worker(port, net, heartbeat_interval=0.05)
+    await w.start()
+    sock = await net.next_socket()
+    sock.push(SrvInitStart, server_lsn=7)
+    sock.push(SrvInitChanges, changes=(change("r1"),), sequence=InitSequence("tasks", 1, 1))
+    await sock.expect(CltInitReceived)
+    sock.push(SrvInitComplete, server_lsn=7)
+    heartbeats = 0
+    while True:
+        message = await asyncio.wait_for(sock.outbox.get(), WAIT)
+        if isinstance(message, CltInitProcessed):
+            break
+        assert isinstance(message, CltHeartbeat), message
+        heartbeats += 1
+        sock.push(SrvHeartbeat)  # the server answers: it is alive
+    assert heartbeats >= 3  # the server would drop a client silent for 3 intervals
+    await go_live(sock, 7)
+    await w.wait_until_synced(WAIT)
+    assert len(net.sockets) == 1 and sock.closed is None  # never declared the server dead
+    await w.stop()

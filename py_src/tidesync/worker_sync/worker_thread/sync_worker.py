@@ -22,8 +22,9 @@ import asyncio
 import logging
 import random as _random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote
 
 from tidesync.worker_sync.shared.changes_port import ChangesPort
@@ -224,6 +225,10 @@ class SyncWorker:
                 deadline = _earliest(self._cm.next_deadline(), self._integrity_deadline())
                 timeout = None if deadline is None else max(0.0, deadline - self._clock())
                 done, _ = await asyncio.wait({getter}, timeout=timeout)
+                if getter not in done and not self._events.empty():
+                    # Frames that queued up while a long step ran (a big snapshot's
+                    # commit) go before timers: they show the peer is alive.
+                    done, _ = await asyncio.wait({getter})
                 try:
                     if getter in done:
                         event, getter = getter.result(), None
@@ -272,13 +277,34 @@ class SyncWorker:
         elif event.kind == "frame":
             await self._execute(self._cm.frame_received(now))
             was_live = self._proc.phase is SyncPhase.LIVE
-            await self._follow(await self._proc.handle_text(event.text))
+            await self._follow(await self._heartbeating(self._proc.handle_text(event.text)))
             if not was_live and self._proc.phase is SyncPhase.LIVE:
                 self._cm.last_error = self._proc.last_error = self._loop_error = None
                 self._integrity.went_live(now)
                 await self._maybe_check_integrity()
         else:
             await self._execute(self._cm.closed(now, event.code, event.text))
+
+    async def _heartbeating(
+        self, work: Coroutine[Any, Any, list[Instruction]]
+    ) -> list[Instruction]:
+        """Handle one frame, sending heartbeats while that takes longer than an interval.
+
+        Handling a frame can wait for a long local write (committing a 50,000-row
+        snapshot takes ~15 s in Pyodide on a slow machine) and the loop does not tick
+        meanwhile; a client silent for 3 heartbeat intervals is dropped by the server.
+        """
+        task = asyncio.ensure_future(work)
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=self._cm.heartbeat_interval)
+                if done:
+                    return task.result()
+                heartbeat = make(CltHeartbeat, self._client_id, self._wall_ms(), lsn=self._proc.lsn)
+                await self._send(heartbeat)
+        except BaseException:
+            task.cancel()
+            raise
 
     async def _execute(self, actions: list[Action]) -> None:
         for action in actions:
