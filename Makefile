@@ -56,11 +56,13 @@ test-pyodide: setup site
 test-e2e: setup site
 	$(PY) -m pytest -q tests/e2e
 
-# Two pytest processes: Playwright's sync API keeps an event loop running in the main
-# thread for the whole session, which pytest-asyncio's tests cannot share.
+# Separate pytest processes: Playwright's sync API keeps an event loop running in the
+# main thread for the whole session, which pytest-asyncio's tests cannot share, and
+# tests/pyodide and tests/e2e each start their own session-scoped Playwright.
 test: setup site lint
 	$(PY) -m pytest -q tests/unit tests/integration
-	$(PY) -m pytest -q tests/pyodide tests/e2e
+	$(PY) -m pytest -q tests/pyodide
+	$(PY) -m pytest -q tests/e2e
 
 # Benchmarks (docs/performance.md): headless Chromium + CPython on this machine, ~15 min;
 # `make bench BENCH_ARGS=--quick` for a ~3-minute run. Comparison engines are pinned in
