@@ -417,6 +417,12 @@ def test_hundreds_of_offline_edits_racing_an_online_client_converge_exactly_once
     assert a.evaluate("db.status.phase") == "offline"
     pending = a.evaluate("db.status.pending")
     assert pending >= 400
+    # inserts from before going offline whose acknowledgement had not arrived yet
+    unacked = _scalar(
+        a,
+        "SELECT count(*) FROM local_changes WHERE from_server = 0 AND state = 'pending' "
+        "AND operation = 'insert' AND data LIKE '%\"sh-%'",
+    )
     b.evaluate(
         """async () => {
         for (let i = 10; i < 20; i++)
@@ -475,6 +481,7 @@ def test_hundreds_of_offline_edits_racing_an_online_client_converge_exactly_once
     assert logged == len(ids)
     assert set(states) <= {"synced", "skipped"}, states
     print(
-        f"\noffline: {edits} edits ({pending} pending) synced in {synced_in:.1f}s after "
+        f"\noffline: {edits} edits ({pending} pending, {unacked} of them unacknowledged "
+        f"inserts from before going offline) synced in {synced_in:.1f}s after "
         f"goOnline; A's changes: {states}; {len(server)} tasks on both clients and the server"
     )
