@@ -237,7 +237,13 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         ev, times = stats.expect(ch["id"], args.clients)
         ts = time.time()
         await writer.send([ch])
-        await asyncio.wait_for(ev.wait(), 120)
+        try:
+            await asyncio.wait_for(ev.wait(), args.timeout)
+        except TimeoutError:
+            raise SystemExit(
+                f"change {i}: only {len(times)} of {args.clients} clients had it "
+                f"after {args.timeout:.0f} s (connected in {connect_s:.0f} s)"
+            ) from None
         if i >= 3:  # warm-up
             per_delivery.extend((t - ts) * 1000 for t in times)
             all_received.append((max(times) - ts) * 1000)
@@ -309,6 +315,7 @@ def main() -> int:
     ap.add_argument("--changes", type=int, default=30)
     ap.add_argument("--burst", type=int, default=5000)
     ap.add_argument("--json")
+    ap.add_argument("--timeout", type=float, default=120.0, help="per change, s")
     ap.add_argument("--server-pid", type=int)
     args = ap.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
