@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SITE = ROOT / "_site"
 ARTIFACTS = ROOT / "test-artifacts"
 BOOT_MS = 90_000  # Pyodide boot in two workers: 2-10 s here, generous for loaded machines
+BIG_SYNC_MS = 600_000  # a 100k-row initial sync: slow today (issue 6), never a timing test
 SYNC_MS = 20_000  # an edit reaching another window ("within a blink" when idle; slack for CI)
 LSN = re.compile(r"^[0-9A-F]+/[0-9A-F]+$")
 
@@ -366,6 +367,7 @@ def test_screenshots_of_main_screens(demo_server: Any, open_window: Callable[...
         assert path.stat().st_size > 10_000, path
 
 
+@pytest.mark.timeout(900)  # 100k rows at ~1-2k rows/s today (docs/performance.md)
 def test_large_data_mode_renders_only_visible_rows(
     demo_server: Any, open_window: Callable[..., Page]
 ) -> None:
@@ -398,7 +400,7 @@ def test_large_data_mode_renders_only_visible_rows(
     wait_live(a)
     expect(a.locator("[data-testid=project-title]")).to_have_text("All tasks")
     expect(a.locator("[data-testid=project-all] [data-testid=project-open]")).to_have_text(
-        re.compile(r"^100[,.\u202f\u00a0]?010$"), timeout=BOOT_MS
+        re.compile(r"^100[,.\u202f\u00a0]?010$"), timeout=BIG_SYNC_MS
     )
     rows = a.locator("[data-testid=task-row]")
     expect(rows.first).to_be_visible(timeout=SYNC_MS)
