@@ -5,9 +5,15 @@ PROTOCOL.md "Client changes": ``applied`` -> the change is ``synced`` at its LSN
 reason "duplicate": then it is ``synced``); ``rejected`` -> never resent.  When
 the server sends its current ``row`` (or says the row is deleted) with a skipped
 or rejected result, the local row is overwritten with it, triggers off, so the
-client converges on the server's state; unless another local change to the same
-row is still pending, which carries newer local intent and will get its own
-result.  One transaction for the whole message.
+client converges on the server's state.  When other local changes to the same
+row are still pending, only the columns they wrote keep their local values and
+the others take the server's: exactly the row the server holds once it applies
+those changes on top of its own (as the initial sync merges them).  Leaving the
+whole row alone instead would keep the refused change's values for good in the
+columns the pending ones do not write: an ``applied`` result carries no row,
+and an update sends only its changed columns.  A row that is absent on either
+side (a pending local delete, a server delete) is left as it is: the pending
+change's own result settles it.  One transaction for the whole message.
 """
 
 from __future__ import annotations
@@ -16,11 +22,13 @@ import json
 import logging
 import sqlite3
 from collections.abc import Sequence
+from typing import Any
 
 from tidesync.changes.db import write_transaction
 from tidesync.changes.direct_sql_processor import BatchResult, DirectSqlProcessor
 from tidesync.changes.local_schema import NOW_SQL
-from tidesync.schema import Schema
+from tidesync.changes.writes import key_where
+from tidesync.schema import Schema, TableInfo, quote_ident
 from tidesync.worker_sync.shared.message_types import ChangeResult, ChangeStatus
 
 __all__ = ["record_results"]
@@ -74,9 +82,15 @@ def record_results(
             ):
                 continue
             table = schema.table(table_name)
-            if table is None or _newer_pending(conn, table_name, pk, seq):
+            if table is None:
                 continue
-            if processor.write_row(table, json.loads(data), result.row):
+            key = json.loads(data)
+            keep = _pending_columns(conn, table_name, pk, seq)
+            if keep is not None:
+                settable = set(result.row or ()) - keep - set(table.primary_key)
+                if not settable or not _exists(conn, table, key):
+                    continue
+            if processor.write_row(table, key, result.row, keep or frozenset()):
                 outcome.tables.add(table_name)
     return outcome
 
@@ -91,10 +105,23 @@ def _state_for(result: ChangeResult) -> str:
     return "skipped"
 
 
-def _newer_pending(conn: sqlite3.Connection, table_name: str, pk: str, seq: int) -> bool:
+def _pending_columns(
+    conn: sqlite3.Connection, table_name: str, pk: str, seq: int
+) -> frozenset[str] | None:
+    """Columns written by the row's other pending local changes; None when there are none."""
     found = conn.execute(
-        "SELECT 1 FROM local_changes WHERE table_name = ? AND pk = ? AND from_server = 0 "
-        "AND state = 'pending' AND seq <> ? LIMIT 1",
+        "SELECT data FROM local_changes WHERE table_name = ? AND pk = ? AND from_server = 0 "
+        "AND state = 'pending' AND seq <> ?",
         (table_name, pk, seq),
-    ).fetchone()
-    return found is not None
+    ).fetchall()
+    if not found:
+        return None
+    columns: set[str] = set()
+    for (raw,) in found:
+        columns.update(json.loads(raw))
+    return frozenset(columns)
+
+
+def _exists(conn: sqlite3.Connection, table: TableInfo, key: dict[str, Any]) -> bool:
+    sql = f"SELECT 1 FROM {quote_ident(table.name)} WHERE {key_where(table)}"
+    return conn.execute(sql, list(table.key_of(key))).fetchone() is not None
