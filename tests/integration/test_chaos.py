@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import random
 import signal
@@ -77,8 +78,20 @@ class World:
         return client
 
     async def close_all(self) -> None:
-        for client in self.clients.values():
-            await client.close()
+        for name, client in self.clients.items():
+            try:
+                await asyncio.wait_for(client.close(), 15.0)
+            except TimeoutError:
+                raise AssertionError(f"client {name} did not close:\n{task_stacks()}") from None
+
+
+def task_stacks() -> str:
+    """Where every asyncio task of the test waits: the diagnosis of a wedged client."""
+    out = io.StringIO()
+    for task in asyncio.all_tasks():
+        if task is not asyncio.current_task():
+            task.print_stack(limit=12, file=out)
+    return out.getvalue()
 
 
 @pytest.fixture
@@ -131,8 +144,11 @@ async def assert_converged(
     timeout: float = SYNC_TIMEOUT,
 ) -> dict[str, int]:
     """Heal, settle, close every client, then check every invariant; returns a few counts."""
-    for client in world.clients.values():
-        await client.wait_until_synced(timeout)
+    for name, client in world.clients.items():
+        try:
+            await client.wait_until_synced(timeout)
+        except TimeoutError as exc:
+            raise AssertionError(f"client {name}: {exc}\n{task_stacks()}") from None
     target = server_lsn(server)
     for client in world.clients.values():
         await eventually(holds(lambda c=client: c.status.lsn == target), timeout)  # type: ignore[misc]
@@ -411,11 +427,12 @@ async def test_client_process_killed_mid_batch_sends_every_committed_row_exactly
         on_server = _server_rows_with_prefix(server, "chaos-")
         committed_at_kill.append(proc.committed)
         on_server_at_kill.append(on_server)
-        assert proc.committed > 0, f"kill {k}: {proc.lines[-3:]}"
-        # every row it announced as committed is in its file
+        # every row it announced as committed is in its file (a restarted client that
+        # had written everything already only resends, and announces nothing new)
+        announced = max([proc.committed, *committed_at_kill])
         with contextlib.closing(sqlite3.connect(db)) as conn:
             local = conn.execute("SELECT COUNT(*) FROM projects WHERE id LIKE 'chaos-%'")
-            assert local.fetchone()[0] >= proc.committed, f"kill {k}: a committed row vanished"
+            assert local.fetchone()[0] >= announced, f"kill {k}: a committed row vanished"
     final = ChaosClientProcess(server.ws_url, db, rows, log)
     await final.start()
     assert await final.wait() == 0, final.lines[-5:]
@@ -709,6 +726,7 @@ async def _is(value: Awaitable[str | None], want: str) -> bool:
 
 
 @slow
+@pytest.mark.timeout(900)
 async def test_soak_of_server_kills_and_connection_faults_under_live_traffic_loses_nothing(
     server_factory: ServerFactory,
     world: World,
@@ -727,7 +745,7 @@ async def test_soak_of_server_kills_and_connection_faults_under_live_traffic_los
     ]
     rng = random.Random(7)
     faults: dict[str, int] = {}
-    deadline = time.monotonic() + 120.0
+    deadline = time.monotonic() + float(os.environ.get("TIDESYNC_SOAK_S", "120"))
     while time.monotonic() < deadline:
         await asyncio.sleep(rng.uniform(0.2, 1.5))
         fault = rng.choice(["kill", "drop", "stall", "tear", "offline"])
