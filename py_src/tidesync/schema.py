@@ -9,6 +9,7 @@ then quoted; values are always bound parameters.
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from dataclasses import dataclass
 from importlib import resources
@@ -100,8 +101,10 @@ class TableInfo:
             value = int(value)
         if not isinstance(value, str | int | float):
             return f"column '{column.name}' holds plain values, not {type(value).__name__}"
-        if isinstance(value, float) and value != value:  # NaN
-            return f"column '{column.name}' cannot hold NaN"
+        if isinstance(value, float) and not math.isfinite(value):
+            # NaN, and Infinity / 1e999 (Python's json reads both): JSON cannot carry them
+            # back out, so a stored one would break every snapshot and batch holding it.
+            return f"column '{column.name}' cannot hold {value!r}"
         affinity = column.affinity
         if affinity == "INTEGER" and isinstance(value, str):
             return (

@@ -22,7 +22,7 @@ __all__ = [
 
 ZERO_LSN = 0
 MAX_LSN = (1 << 64) - 1
-_LSN_RE = re.compile(r"^([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})$")
+_LSN_RE = re.compile(r"([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})")
 
 
 class LsnError(ValueError):
@@ -37,7 +37,7 @@ def parse_lsn(text: object) -> int:
     """
     if not isinstance(text, str):
         raise LsnError(f"LSN must be a string like '0/1A2B', got {type(text).__name__}")
-    match = _LSN_RE.match(text)
+    match = _LSN_RE.fullmatch(text)  # not ``match`` with ``$``: that accepts "0/1\n"
     if match is None:
         raise LsnError(f"not an LSN: {text[:40]!r} (expected 'H/L' in hex, e.g. '0/1A2B')")
     return int(match.group(1), 16) << 32 | int(match.group(2), 16)
