@@ -39,6 +39,11 @@
  * @property {number|null} reconnectAt the same as a `Date.now()` time, for a countdown
  * @property {{table: string, chunk: number, total: number, rows: number}|null} initProgress
  * @property {number} repairs integrity checks that found a table differing from the server
+ * @property {number} tableRepairs repairs done by re-syncing only the differing tables
+ * @property {number} fullResyncs repairs that re-synced everything (server without the
+ *   table re-sync extension, or a table repair that kept failing)
+ * @property {{tables: string[], mode: "tables"|"full"}|null} lastRepair the latest repair
+ * @property {string[]} repairing tables being repaired right now
  * @property {Record<string, number>} timings milliseconds: `pyodideBoot`, `dbOpen` (in the
  *   worker), `ready` (open() to local data readable) and `live` (open() to live), page-side
  */
@@ -129,7 +134,8 @@ export class TideSync {
     this._status = {
       role: "starting", ready: false, clientId: null, connected: false, phase: "starting",
       lsn: "0/0", pending: 0, lastError: null, reconnectIn: null, reconnectAt: null,
-      initProgress: null, repairs: 0, timings: {},
+      initProgress: null, repairs: 0, tableRepairs: 0, fullResyncs: 0, lastRepair: null,
+      repairing: [], timings: {},
     };
     /** @type {Map<string, Set<Function>>} */
     this._listeners = new Map();

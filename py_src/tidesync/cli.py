@@ -38,7 +38,9 @@ def _serve(args: argparse.Namespace) -> int:
         added = seed_demo(args.db, schema_sql)
         if added:
             log.info("seeded %d demo rows into %s", added, args.db)
-    config = SessionConfig(heartbeat_interval_ms=int(args.heartbeat * 1000))
+    config = SessionConfig(
+        heartbeat_interval_ms=int(args.heartbeat * 1000), table_resync=not args.no_table_resync
+    )
     app = create_app(
         args.db,
         schema_sql=schema_sql,
@@ -80,6 +82,11 @@ def _parser() -> argparse.ArgumentParser:
         "--allow-seed",
         action="store_true",
         help="enable POST /api/seed?tasks=N (demo large-data mode; never in production)",
+    )
+    serve.add_argument(
+        "--no-table-resync",
+        action="store_true",
+        help="answer the table re-sync extension as a server without it would (tests)",
     )
     serve.add_argument("--log-level", default="INFO")
     serve.set_defaults(func=_serve)

@@ -58,6 +58,8 @@ CLIENT_TYPES = [
     "clt_heartbeat",
     "clt_error",
     "clt_request_checksums",
+    "clt_resync_tables",
+    "clt_resync_received",
 ]
 JUDGED = {  # error codes that say the input itself was looked at and refused
     "invalid_json",
@@ -272,6 +274,8 @@ def _templates(client_id: str) -> list[dict[str, Any]]:
         _frame(client_id, "clt_heartbeat", lsn="0/1", active=True),
         _frame(client_id, "clt_error", code="x", error="y", refMessageId="z"),
         _frame(client_id, "clt_request_checksums", tables=["tasks"]),
+        _frame(client_id, "clt_resync_tables", tables=["tasks", "projects"]),
+        _frame(client_id, "clt_resync_received", table="tasks", chunk=1),
     ]
 
 

@@ -111,6 +111,16 @@ class FakePort:
         self.lsn = 0
         self.initialized = False
 
+    async def commit_table_resync(self, tables: Sequence[str], server_lsn: int) -> ApplyOutcome:
+        self.calls.append(("commit_table_resync", (list(tables), server_lsn)))
+        assert self.staged is not None, "commit before begin"
+        for table in tables:
+            self.rows[table] = {}
+        for table, change in self.staged:
+            self.rows.setdefault(table, {})[change.data["id"]] = dict(change.data)
+        self.staged = None
+        return ApplyOutcome(lsn=self.lsn, tables=tuple(tables))
+
     async def table_checksums(self, tables: Sequence[str]) -> dict[str, str]:
         self.calls.append(("table_checksums", list(tables)))
         return {t: combine(row_hash(r) for r in self.rows.get(t, {}).values()) for t in tables}

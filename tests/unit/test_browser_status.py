@@ -33,3 +33,21 @@ def test_status_dict_carries_progress_countdown_and_repairs() -> None:
     assert page["reconnectIn"] == 1.5 and page["reconnectAt"] is not None
     assert page["repairs"] == 1
     assert page["lastError"].startswith("cannot reach the server")
+
+
+def test_status_dict_names_the_repaired_tables_and_how_they_were_repaired() -> None:
+    page = status_to_dict(SyncStatus())
+    assert (page["tableRepairs"], page["fullResyncs"], page["lastRepair"]) == (0, 0, None)
+    assert page["repairing"] == []
+    status = SyncStatus(
+        repairs=3,
+        table_repairs=2,
+        full_resyncs=1,
+        last_repair=("projects", "tasks"),
+        last_repair_mode="tables",
+        repairing=("tasks",),
+    )
+    page = status_to_dict(status)
+    assert (page["repairs"], page["tableRepairs"], page["fullResyncs"]) == (3, 2, 1)
+    assert page["lastRepair"] == {"tables": ["projects", "tasks"], "mode": "tables"}
+    assert page["repairing"] == ["tasks"]

@@ -232,6 +232,13 @@ def _templates() -> dict[str, dict[str, Any]]:
         "srv_heartbeat": _srv("srv_heartbeat"),
         "srv_error": _srv("srv_error", code="rate_limited", error="slow down", refMessageId="m"),
         "srv_table_checksums": _srv("srv_table_checksums", lsn="0/10", checksums={"tasks": "ab"}),
+        "srv_resync_start": _srv("srv_resync_start", lsn="0/15", tables=["tasks"]),
+        "srv_resync_changes": _srv(
+            "srv_resync_changes",
+            changes=[_wire_change(operation="insert", data=init_row, lsn=None)],
+            sequence={"table": "tasks", "chunk": 1, "total": 1},
+        ),
+        "srv_resync_complete": _srv("srv_resync_complete", lsn="0/15", tables=["tasks"]),
     }
 
 

@@ -32,6 +32,9 @@ from tidesync.worker_sync.shared.message_types import (
     SrvInitStart,
     SrvLiveChanges,
     SrvLsnUpdate,
+    SrvResyncChanges,
+    SrvResyncComplete,
+    SrvResyncStart,
     SrvTableChecksums,
     TableChange,
     encode_message,
@@ -100,6 +103,11 @@ SAMPLES: dict[MessageType, str] = {
     MessageType.SRV_HEARTBEAT: srv(SrvHeartbeat),
     MessageType.SRV_ERROR: srv(SrvError, code="rate_limited", error="slow down"),
     MessageType.SRV_TABLE_CHECKSUMS: srv(SrvTableChecksums, lsn=1, checksums={"tasks": "ab"}),
+    MessageType.SRV_RESYNC_START: srv(SrvResyncStart, lsn=20, tables=("tasks",)),
+    MessageType.SRV_RESYNC_CHANGES: srv(
+        SrvResyncChanges, changes=(change("r"),), sequence=InitSequence("tasks", 1, 1)
+    ),
+    MessageType.SRV_RESYNC_COMPLETE: srv(SrvResyncComplete, lsn=20, tables=("tasks",)),
 }
 
 

@@ -20,6 +20,8 @@ from tidesync.worker_sync.shared.message_types import (
     CltInitProcessed,
     CltInitReceived,
     CltRequestChecksums,
+    CltResyncReceived,
+    CltResyncTables,
     CltSendChanges,
     ErrorCode,
     InitSequence,
@@ -38,6 +40,9 @@ from tidesync.worker_sync.shared.message_types import (
     SrvInitStart,
     SrvLiveChanges,
     SrvLsnUpdate,
+    SrvResyncChanges,
+    SrvResyncComplete,
+    SrvResyncStart,
     SrvTableChecksums,
     TableChange,
     decode_message,
@@ -101,6 +106,11 @@ EXAMPLES: dict[type[Message], dict[str, Any]] = {
     CltHeartbeat: {"lsn": 41, "active": False},
     CltError: {"code": "invalid_json", "error": "bad"},
     CltRequestChecksums: {"tables": ("tasks",)},
+    SrvResyncStart: {"lsn": 50, "tables": ("projects", "tasks")},
+    SrvResyncChanges: {"changes": (CHANGE,), "sequence": InitSequence("tasks", 2, 3)},
+    SrvResyncComplete: {"lsn": 50, "tables": ("projects", "tasks")},
+    CltResyncTables: {"tables": ("tasks",)},
+    CltResyncReceived: {"table": "tasks", "chunk": 2},
 }
 
 
@@ -294,3 +304,14 @@ def test_invalid_field_is_named_with_its_path(text: str, field: str) -> None:
 
 def test_every_message_type_has_a_class() -> None:
     assert set(MESSAGE_CLASSES) == set(MessageType)
+
+
+@pytest.mark.parametrize(
+    "tables",
+    [[], "tasks", ["tasks", "tasks"], ["tasks", ""], ["tasks", 7], ["t"] * 257],
+    ids=["empty", "not-a-list", "twice", "empty-name", "number", "too-many"],
+)
+def test_a_table_resync_request_must_name_distinct_tables(tables: Any) -> None:
+    error = refusal(wire("clt_resync_tables", tables=tables), expect="clt")
+    assert error.code is ErrorCode.INVALID_FIELD and error.field is not None
+    assert error.field.startswith("tables")

@@ -133,3 +133,128 @@ def test_handshake_refuses_bad_client_id_and_lsn(tmp_path: Path) -> None:
     assert out.messages[0].code == "bad_lsn"  # type: ignore[attr-defined]
     session, out = open_session("c", "1/0", hub, SessionConfig(), NOW)
     assert session is None and out.messages[0].code == "lsn_ahead"  # type: ignore[attr-defined]
+
+
+# --- table re-sync (extension, docs/protocol.md) ----------------------------------------------
+
+
+def _write_projects(hub: Hub, client_id: str, n: int) -> None:
+    hub.apply(
+        client_id,
+        [
+            TableChange(
+                id=f"{client_id}-p-{i}",
+                table="projects",
+                operation=Operation.INSERT,
+                data={"id": f"p{i}", "name": f"P{i}"},
+                updated_at="2030-01-01T00:00:00.000Z",
+            )
+            for i in range(n)
+        ],
+    )
+    hub.poll()
+
+
+def _resync(session: Session, client_id: str, *tables: str) -> list[mt.Message]:
+    """Ask for ``tables`` and acknowledge every chunk; every message the server sent."""
+    out = list(session.receive(_frame(mt.CltResyncTables, client_id, tables=tables), NOW).messages)
+    sent = list(out)
+    while out:
+        message = out.pop(0)
+        if isinstance(message, mt.SrvResyncChanges):
+            seq = message.sequence
+            ack = _frame(mt.CltResyncReceived, client_id, table=seq.table, chunk=seq.chunk)
+            more = session.receive(ack, NOW).messages
+            out += more
+            sent += more
+    return sent
+
+
+def test_table_resync_sends_only_the_named_tables_at_one_lsn(tmp_path: Path) -> None:
+    hub = _hub(tmp_path)
+    _write_projects(hub, "w", 3)
+    _write(hub, "w", 12)
+    session = _live(hub, "c", SessionConfig(init_chunk_rows=5, init_window=1))
+    sent = _resync(session, "c", "tasks")
+    start, complete = sent[0], sent[-1]
+    assert isinstance(start, mt.SrvResyncStart) and start.tables == ("tasks",)
+    assert start.lsn == hub.current_lsn()
+    assert isinstance(complete, mt.SrvResyncComplete)
+    assert (complete.lsn, complete.tables) == (start.lsn, ("tasks",))
+    chunks = [m for m in sent if isinstance(m, mt.SrvResyncChanges)]
+    assert [(c.sequence.chunk, c.sequence.total) for c in chunks] == [(1, 3), (2, 3), (3, 3)]
+    assert {c.table for m in chunks for c in m.changes} == {"tasks"}
+    assert sum(len(m.changes) for m in chunks) == 12
+    assert session.phase is Phase.LIVE
+
+
+def test_live_batches_wait_while_a_table_resync_streams(tmp_path: Path) -> None:
+    """A change newer than the snapshot must not reach the client before the swap."""
+    hub = _hub(tmp_path)
+    _write(hub, "w", 6)
+    session = _live(hub, "c", SessionConfig(init_chunk_rows=2, init_window=1))
+    out = session.receive(_frame(mt.CltResyncTables, "c", tables=("tasks",)), NOW).messages
+    assert [type(m) for m in out] == [mt.SrvResyncStart, mt.SrvResyncChanges]
+    _write(hub, "other", 2, prefix="late")
+    assert session.history_available(NOW).messages == ()  # paused
+    sent: list[mt.Message] = []
+    pending = list(out[1:])
+    while pending:
+        message = pending.pop(0)
+        if isinstance(message, mt.SrvResyncChanges):
+            seq = message.sequence
+            ack = _frame(mt.CltResyncReceived, "c", table=seq.table, chunk=seq.chunk)
+            more = session.receive(ack, NOW).messages
+            pending += more
+            sent += more
+    kinds = [type(m) for m in sent]
+    done = kinds.index(mt.SrvResyncComplete)
+    assert mt.SrvLiveChanges not in kinds[:done]
+    assert kinds[done + 1 :] == [mt.SrvLiveChanges]  # live resumes right after the swap
+    live = sent[done + 1]
+    assert isinstance(live, mt.SrvLiveChanges)
+    assert {c.data["id"] for c in live.changes} == {"late0", "late1"}
+
+
+def test_an_empty_table_resyncs_with_no_chunk(tmp_path: Path) -> None:
+    hub = _hub(tmp_path)
+    _write(hub, "w", 2)
+    session = _live(hub, "c")
+    sent = _resync(session, "c", "projects")
+    assert [type(m) for m in sent] == [mt.SrvResyncStart, mt.SrvResyncComplete]
+
+
+def test_table_resync_refuses_unknown_tables_a_second_request_and_other_phases(
+    tmp_path: Path,
+) -> None:
+    hub = _hub(tmp_path)
+    _write(hub, "w", 4)
+    session = _live(hub, "c", SessionConfig(init_chunk_rows=1, init_window=1))
+    (error,) = session.receive(
+        _frame(mt.CltResyncTables, "c", tables=("tasks", "sqlite_master")), NOW
+    ).messages
+    assert isinstance(error, mt.SrvError) and error.code == "invalid_field"
+    first = session.receive(_frame(mt.CltResyncTables, "c", tables=("tasks",)), NOW).messages
+    assert isinstance(first[0], mt.SrvResyncStart)
+    (busy,) = session.receive(_frame(mt.CltResyncTables, "c", tables=("tasks",)), NOW).messages
+    assert isinstance(busy, mt.SrvError) and busy.code == "out_of_phase"
+    late = _frame(mt.CltResyncReceived, "c", table="tasks", chunk=99)
+    assert session.receive(late, NOW).messages == ()  # an ack of nothing: ignored
+    session.close()  # the open snapshot is released
+
+    new, _ = open_session("n", "0/0", hub, SessionConfig(), NOW)
+    assert new is not None and new.phase is Phase.INITIAL
+    (refused,) = new.receive(_frame(mt.CltResyncTables, "n", tables=("tasks",)), NOW).messages
+    assert isinstance(refused, mt.SrvError) and refused.code == "out_of_phase"
+    new.close()
+
+
+def test_a_server_without_the_extension_answers_unknown_type_like_an_old_one(
+    tmp_path: Path,
+) -> None:
+    hub = _hub(tmp_path)
+    session = _live(hub, "c", SessionConfig(table_resync=False))
+    request = mt.make(mt.CltResyncTables, "c", NOW, tables=("tasks",))
+    (error,) = session.receive(encode_message(request), NOW).messages
+    assert isinstance(error, mt.SrvError)
+    assert (error.code, error.ref_message_id) == ("unknown_type", request.message_id)

@@ -375,3 +375,101 @@ async def test_client_keeps_heartbeating_while_a_long_snapshot_commit_runs() -> 
     await w.wait_until_synced(WAIT)
     assert len(net.sockets) == 1 and sock.closed is None  # never declared the server dead
     await w.stop()
+
+
+# --- table repair (repair.TableRepair driven by the worker) -----------------------------------
+
+
+async def _mismatch_on_tasks(port: FakePort, net: FakeNetwork, **kw: Any) -> tuple[Any, Any]:
+    """Live at LSN 5 with a drifted ``tasks`` row; the check runs and the repair asks."""
+    from tidesync.worker_sync.shared.message_types import CltRequestChecksums, SrvTableChecksums
+
+    port.rows = {"tasks": {"t1": {"id": "t1", "title": "drifted"}}, "projects": {}}
+    w = worker(port, net, checksum_interval=0, **kw)
+    await w.start()
+    sock = await net.next_socket()
+    await go_live(sock)
+    await until(w, lambda s: s.phase is SyncPhase.LIVE)
+    w.verify_integrity()
+    await sock.expect(CltRequestChecksums)
+    server_sums = await FakePort(rows={"tasks": {}, "projects": {}}).table_checksums(
+        ["tasks", "projects"]
+    )
+    sock.push(SrvTableChecksums, lsn=5, checksums=server_sums)
+    return w, sock
+
+
+async def test_a_mismatch_resyncs_only_that_table_and_holds_local_changes_until_the_swap() -> None:
+    from tidesync.worker_sync.shared.message_types import (
+        CltResyncReceived,
+        CltResyncTables,
+        SrvResyncChanges,
+        SrvResyncComplete,
+        SrvResyncStart,
+    )
+
+    port, net = FakePort(lsn=5), FakeNetwork()
+    w, sock = await _mismatch_on_tasks(port, net)
+    request = await sock.expect(CltResyncTables)
+    assert request.tables == ("tasks",)
+    assert (await until(w, lambda s: s.repairing == ("tasks",))).synced is False
+    port.add_local("meanwhile")
+    w.notify_local_change()  # held back: nothing may be in flight during the repair
+    sock.push(SrvResyncStart, lsn=7, tables=("tasks",))
+    good = TableChange(
+        id="r1", table="tasks", operation=Operation.INSERT, data={"id": "t1", "title": "T1"},
+        updated_at="2026-11-25T10:00:00.000Z",
+    )  # fmt: skip
+    sock.push(SrvResyncChanges, changes=(good,), sequence=InitSequence("tasks", 1, 1))
+    ack = await sock.expect(CltResyncReceived)
+    assert (ack.table, ack.chunk) == ("tasks", 1)
+    sock.push(SrvResyncComplete, lsn=7, tables=("tasks",))
+    sent = await sock.expect(CltSendChanges)  # released once the swap committed
+    assert [c.id for c in sent.changes] == ["meanwhile"]
+    assert port.called("commit_table_resync") == [(["tasks"], 7)]
+    assert port.rows["tasks"] == {"t1": {"id": "t1", "title": "T1"}}
+    assert not port.called("reset_for_reinit")
+    status = await until(w, lambda s: s.table_repairs == 1)
+    assert (status.repairs, status.full_resyncs, status.last_repair) == (1, 0, ("tasks",))
+    assert status.last_repair_mode == "tables" and status.lsn == 5  # the LSN did not move
+    await w.stop()
+
+
+async def test_a_server_answering_unknown_type_gets_the_full_resync() -> None:
+    from tidesync.worker_sync.shared.message_types import CltResyncTables
+
+    port, net = FakePort(lsn=5), FakeNetwork()
+    w, sock = await _mismatch_on_tasks(port, net)
+    request = await sock.expect(CltResyncTables)
+    sock.push(
+        SrvError,
+        code="unknown_type",
+        error="unknown message type 'clt_resync_tables'",
+        ref_message_id=request.message_id,
+    )
+    sock2 = await net.next_socket()
+    assert sock2.url.endswith("lsn=0/0")
+    assert port.called("reset_for_reinit") == [None]
+    status = await until(w, lambda s: s.full_resyncs == 1)
+    assert (status.last_repair, status.last_repair_mode) == (("tasks",), "full")
+    assert status.last_error is not None and "unknown_type" in status.last_error
+    await w.stop()
+
+
+async def test_a_connection_lost_mid_repair_asks_again_on_the_next_connection() -> None:
+    from tidesync.worker_sync.shared.message_types import CltResyncTables, SrvResyncStart
+
+    port, net = FakePort(lsn=5), FakeNetwork()
+    w, sock = await _mismatch_on_tasks(port, net)
+    await sock.expect(CltResyncTables)
+    sock.push(SrvResyncStart, lsn=7, tables=("tasks",))
+    await until(w, lambda s: port.called("begin_initial_sync") == [7])
+    sock.drop()
+    sock2 = await net.next_socket()
+    assert sock2.url.endswith("lsn=0/5")  # not a reinit: the other tables keep their LSN
+    await until(w, lambda s: port.called("abort_initial_sync") == [None])
+    await go_live(sock2)
+    again = await sock2.expect(CltResyncTables)
+    assert again.tables == ("tasks",)
+    assert not port.called("reset_for_reinit")
+    await w.stop()

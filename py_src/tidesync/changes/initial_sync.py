@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
 from tidesync.changes.db import set_state, write_transaction
@@ -131,6 +131,23 @@ class InitialSync:
         self.abort()
         result.tables.update(self._schema.order)  # rows may have gone from any table
         return result
+
+    def staged_rows(self, tables: Collection[str]) -> Iterator[tuple[str, Any, str]]:
+        """``(table, data, updated_at)`` staged for ``tables``, in arrival order.
+
+        The table re-sync (``table_resync``) stages through this class too, so the
+        staging format stays private to it.
+        """
+        if self.server_lsn is None:
+            raise RuntimeError("commit_table_resync before begin_initial_sync")
+        names = sorted(tables)
+        marks = ", ".join("?" * len(names))
+        for name, raw, updated_at in self._conn.execute(
+            "SELECT table_name, data, updated_at FROM temp._ts_stage "
+            f"WHERE table_name IN ({marks}) ORDER BY seq",
+            names,
+        ):
+            yield name, json.loads(raw), updated_at
 
     def _pending_columns(self, table: TableInfo, data: dict[str, Any]) -> set[str] | None:
         """Columns written by pending local changes to this row; None when there are none."""

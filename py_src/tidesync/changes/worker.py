@@ -33,6 +33,12 @@ from tidesync.changes.live_queries import LiveQueries
 from tidesync.changes.local_schema import prepare_database
 from tidesync.changes.results import record_results
 from tidesync.changes.retry_manager import RetryManager, RetryPolicy
+from tidesync.changes.table_resync import (
+    commit_table_resync,
+    drop_covered,
+    load_floors,
+    save_floors,
+)
 from tidesync.changes.writes import (
     LocalWriter,
     Rows,
@@ -98,6 +104,8 @@ class ChangesWorker:
             self._conn, self.schema, self.client_id, self._observe_time
         )
         self._initial = InitialSync(self._conn, self.schema, self._processor)
+        # Tables repaired ahead of the LSN: changes at or below their floor are in them.
+        self._floors = load_floors(self._conn)
         self._writer = LocalWriter(self._conn, self.schema, self._hlc.tick_iso)
         self._live = LiveQueries(self._conn, self._query_now, self._emit_result)
         self._closed = False
@@ -117,7 +125,7 @@ class ChangesWorker:
         return self._local_listeners.add(callback)
 
     def on_tables_changed(self, callback: TablesListener) -> Callable[[], None]:
-        """``callback(tables, source)``; source: local, server, initial, results, reset."""
+        """``callback(tables, source)``; source: local, server, initial, results, reset, repair."""
         return self._tables_listeners.add(callback)
 
     def on_query_result(self, callback: Callable[[str, Rows], None]) -> Callable[[], None]:
@@ -293,6 +301,9 @@ class ChangesWorker:
         """
         key = f"{source}:{last_lsn}"
         async with self._server_lock:
+            changes, covered = drop_covered(changes, self._floors)
+            if covered:
+                log.debug("%d change(s) already in a repaired table's snapshot", covered)
             while True:
                 async with self._lock:
                     isolate = self._retry.should_give_up(key)
@@ -309,6 +320,21 @@ class ChangesWorker:
                 await self._sleep(delay)  # the database is free for local writes meanwhile
             self._retry.reset(key)
         self._tables_changed(sorted(result.tables), "server")
+        return _outcome(result.lsn, result.applied, result.skipped, result.failed, result.tables)
+
+    async def commit_table_resync(self, tables: Sequence[str], server_lsn: int) -> ApplyOutcome:
+        """Swap in the staged snapshot of ``tables`` only (``table_resync``); LSN unchanged."""
+        async with self._server_lock, self._lock:
+            result = commit_table_resync(
+                self._conn,
+                self.schema,
+                self._processor,
+                self._initial,
+                tables,
+                server_lsn,
+                self._floors,
+            )
+        self._tables_changed(sorted(result.tables), "repair")
         return _outcome(result.lsn, result.applied, result.skipped, result.failed, result.tables)
 
     async def advance_lsn(self, lsn: int) -> None:
@@ -361,9 +387,11 @@ class ChangesWorker:
                 clear_synced_rows(self._conn, self.schema)
                 set_state(self._conn, "lsn", 0)
                 set_state(self._conn, "initialized", 0)
+                save_floors(self._conn, {})
                 self._conn.execute(
                     "UPDATE local_changes SET lsn = NULL WHERE from_server = 0 AND state = 'synced'"
                 )
+            self._floors.clear()
         self._tables_changed(self.schema.order, "reset")
 
     # --- helpers ------------------------------------------------------------------------------

@@ -11,6 +11,8 @@ Phases::
     open_session --lsn 0/0--> INITIAL --all chunks acked--> INIT_WAIT
     INIT_WAIT --clt_init_processed--> CATCHUP (from the snapshot's LSN)
     open_session --lsn behind/equal--> CATCHUP --all chunks acked--> LIVE
+    LIVE --clt_resync_tables--> LIVE re-syncing those tables (live paused)
+         --all chunks acked--> srv_resync_complete, live resumes
     any --heartbeat silence / replaced--> CLOSED
 
 Invariants: every chunk's ``lastLSN`` covers every history row up to it, the
@@ -18,7 +20,12 @@ client's own rows included, so the client's LSN never moves past a change it
 was not sent and never stays behind its own; at most ``*_window`` chunks or
 batches are unacknowledged at a time, so a slow client costs the server no
 memory: a live client whose window is full is paused (nothing queued) and
-resumes from its cursor when it acknowledges; history is on disk.
+resumes from its cursor when it acknowledges; history is on disk.  While a
+table re-sync (extension, docs/protocol.md) streams, no live batch is sent: a
+change above the re-sync's LSN that reached the client before the snapshot's
+commit would be overwritten by it.  The snapshot's LSN is at or above the
+cursor, so what live sends afterwards is either in the snapshot (the client
+skips it for those tables) or newer.
 """
 
 from __future__ import annotations
@@ -75,7 +82,11 @@ _PHASE_ONLY = {
     mt.MessageType.CLT_INIT_PROCESSED: Phase.INIT_WAIT,
     mt.MessageType.CLT_CATCHUP_RECEIVED: Phase.CATCHUP,
     mt.MessageType.CLT_CHANGES_APPLIED: Phase.LIVE,
+    mt.MessageType.CLT_RESYNC_TABLES: Phase.LIVE,
+    mt.MessageType.CLT_RESYNC_RECEIVED: Phase.LIVE,
 }
+#: The table re-sync extension; a server configured without it answers like an old one.
+_RESYNC_TYPES = {mt.MessageType.CLT_RESYNC_TABLES, mt.MessageType.CLT_RESYNC_RECEIVED}
 
 
 def open_session(
@@ -110,6 +121,18 @@ class _Init:
 
 
 @dataclass
+class _Resync:
+    """A table re-sync in progress: like ``_Init``, for the named tables only."""
+
+    snapshot: Snapshot
+    names: tuple[str, ...]  # as announced, in foreign-key order
+    tables: list[str]  # those with rows
+    table_index: int = 0
+    chunk: int = 0
+    unacked: list[tuple[str, int]] = field(default_factory=list)
+
+
+@dataclass
 class _Catchup:
     start: int
     final: int
@@ -136,6 +159,7 @@ class Session:
         self._tokens_at = now_ms
         self._init: _Init | None = None
         self._catchup: _Catchup | None = None
+        self._resync: _Resync | None = None
         self._live_unacked: list[int] = []
         self._paused = False
         self._now = now_ms  # the timestamp of messages being built
@@ -173,6 +197,9 @@ class Session:
         if message.client_id != self.client_id:
             text_ = f"clientId {message.client_id[:60]!r} is not this connection's client"
             return self._error(ErrorCode.INVALID_FIELD, text_, message.message_id, now_ms)
+        if message.type in _RESYNC_TYPES and not self.config.table_resync:
+            text_ = f"unknown message type {message.type.value!r}"
+            return self._error(ErrorCode.UNKNOWN_TYPE, text_, message.message_id, now_ms)
         wanted = _PHASE_ONLY.get(message.type)
         if message.type not in _ANY_PHASE and wanted is not self.phase:
             text_ = f"{message.type.value} does not fit phase {self.phase.value}"
@@ -208,6 +235,9 @@ class Session:
         if self._init is not None:
             self._init.snapshot.close()
             self._init = None
+        if self._resync is not None:
+            self._resync.snapshot.close()
+            self._resync = None
         self._set_phase(Phase.CLOSED)
 
     # --- helpers ------------------------------------------------------------------------------
@@ -350,6 +380,8 @@ class Session:
     def _pump_live(self, now_ms: int) -> list[Message]:
         self._now = now_ms
         out: list[Message] = []
+        if self._resync is not None:
+            return out  # paused until the re-sync is complete (module docstring)
         own_only_to = 0
         while len(self._live_unacked) < self.config.live_window:
             rows = self.source.history(self.cursor, self.config.live_batch_rows)
@@ -413,3 +445,70 @@ class Session:
         self._now = now_ms
         lsn, sums = self.source.checksums(msg.tables)
         return Output((self._make(mt.SrvTableChecksums, lsn=lsn, checksums=sums),))
+
+    # --- table re-sync (extension, docs/protocol.md) -------------------------------------------
+
+    def _on_clt_resync_tables(self, msg: mt.CltResyncTables, now_ms: int) -> Output:
+        """Open a snapshot and stream the named tables at its LSN, pausing live meanwhile."""
+        if self._resync is not None:
+            text = "a table re-sync is already in progress"
+            return self._error(ErrorCode.OUT_OF_PHASE, text, msg.message_id, now_ms)
+        snapshot = self.source.open_snapshot()
+        unknown = [t for t in msg.tables if t not in snapshot.schema.tables]
+        if unknown:
+            snapshot.close()
+            text = f"unknown table {unknown[0][:60]!r}"
+            return self._error(ErrorCode.INVALID_FIELD, text, msg.message_id, now_ms)
+        if snapshot.lsn < self.cursor:  # cannot happen: the cursor only follows committed rows
+            snapshot.close()
+            log.error("client %s: snapshot behind the live cursor", self.client_id)
+            text = "snapshot behind the live cursor; re-sync refused"
+            return self._error(ErrorCode.INTERNAL, text, msg.message_id, now_ms)
+        names = tuple(t for t in snapshot.schema.order if t in msg.tables)
+        tables = [t for t in names if snapshot.counts.get(t, 0) > 0]
+        self._resync = _Resync(snapshot, names, tables)
+        log.info(
+            "client %s: re-syncing %s at %s",
+            self.client_id,
+            ", ".join(names),
+            format_lsn(snapshot.lsn),
+        )
+        self._now = now_ms
+        start = self._make(mt.SrvResyncStart, lsn=snapshot.lsn, tables=names)
+        return Output((start, *self._pump_resync(now_ms)))
+
+    def _pump_resync(self, now_ms: int) -> list[Message]:
+        self._now = now_ms
+        state = self._resync
+        assert state is not None
+        rows = self.config.init_chunk_rows
+        out: list[Message] = []
+        while len(state.unacked) < self.config.init_window and state.table_index < len(
+            state.tables
+        ):
+            table = state.tables[state.table_index]
+            total = state.snapshot.chunks_of(table, rows)
+            changes = state.snapshot.read_chunk(table, rows)
+            state.chunk += 1
+            seq = mt.InitSequence(table=table, chunk=state.chunk, total=total)
+            out.append(self._make(mt.SrvResyncChanges, changes=changes, sequence=seq))
+            state.unacked.append((table, state.chunk))
+            if state.chunk >= total:
+                state.table_index += 1
+                state.chunk = 0
+        if not state.unacked and state.table_index >= len(state.tables):
+            lsn = state.snapshot.lsn
+            state.snapshot.close()
+            self._resync = None
+            out.append(self._make(mt.SrvResyncComplete, lsn=lsn, tables=state.names))
+            log.info("client %s: re-sync at %s sent", self.client_id, format_lsn(lsn))
+            out += self._pump_live(now_ms)
+        return out
+
+    def _on_clt_resync_received(self, msg: mt.CltResyncReceived, now_ms: int) -> Output:
+        state = self._resync
+        key = (msg.table, msg.chunk)
+        if state is None or key not in state.unacked:
+            return Output()  # a repeated or late ack: nothing left to do
+        del state.unacked[: state.unacked.index(key) + 1]
+        return Output(tuple(self._pump_resync(now_ms)))

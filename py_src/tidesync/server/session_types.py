@@ -64,6 +64,8 @@ class SessionConfig:
     max_frame_bytes: int = 1 << 20
     rate_per_second: float = 200.0
     rate_burst: float = 1000.0
+    # The table re-sync extension (docs/protocol.md); off only to stand in for an old server.
+    table_resync: bool = True
 
 
 @dataclass(frozen=True)

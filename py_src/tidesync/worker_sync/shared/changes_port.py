@@ -87,5 +87,15 @@ class ChangesPort(Protocol):
     async def reset_for_reinit(self) -> None:
         """``lsn_ahead``: keep unsent local changes, clear synced data, LSN to 0/0."""
 
+    async def commit_table_resync(self, tables: Sequence[str], server_lsn: int) -> ApplyOutcome:
+        """Table repair: replace only ``tables``' synced rows with the staged snapshot.
+
+        Staged through ``begin_initial_sync``/``stage_initial_chunk`` (dropped with
+        ``abort_initial_sync``).  Pending local changes stay on top as in the initial
+        sync; the LSN does not move; from then on server changes to ``tables`` at or
+        below ``server_lsn`` are passed over (the snapshot holds them), also after a
+        restart.  One transaction.
+        """
+
     async def table_checksums(self, tables: Sequence[str]) -> dict[str, str]:
         """``tidesync.checksums`` of the named synced tables, read in one transaction."""

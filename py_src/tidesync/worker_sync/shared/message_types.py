@@ -16,6 +16,9 @@ clients that ignore them keep working):
 * ``ChangeResult.row`` is also sent with ``rejected`` so the client can undo a
   change the server refused.
 * ``srv_table_checksums`` / ``clt_request_checksums`` for integrity checks.
+* ``clt_resync_tables`` -> ``srv_resync_start``, ``srv_resync_changes`` (acked by
+  ``clt_resync_received``), ``srv_resync_complete``: a snapshot of named tables
+  only, to repair a table whose checksum differs without a full re-sync.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ __all__ = [
     "CltInitProcessed",
     "CltInitReceived",
     "CltRequestChecksums",
+    "CltResyncReceived",
+    "CltResyncTables",
     "CltSendChanges",
     "ErrorCode",
     "InitSequence",
@@ -63,6 +68,9 @@ __all__ = [
     "SrvInitStart",
     "SrvLiveChanges",
     "SrvLsnUpdate",
+    "SrvResyncChanges",
+    "SrvResyncComplete",
+    "SrvResyncStart",
     "SrvTableChecksums",
     "TableChange",
     "decode_message",
@@ -93,6 +101,9 @@ class MessageType(StrEnum):
     SRV_HEARTBEAT = "srv_heartbeat"
     SRV_ERROR = "srv_error"
     SRV_TABLE_CHECKSUMS = "srv_table_checksums"
+    SRV_RESYNC_START = "srv_resync_start"
+    SRV_RESYNC_CHANGES = "srv_resync_changes"
+    SRV_RESYNC_COMPLETE = "srv_resync_complete"
     CLT_INIT_RECEIVED = "clt_init_received"
     CLT_INIT_PROCESSED = "clt_init_processed"
     CLT_CATCHUP_RECEIVED = "clt_catchup_received"
@@ -102,6 +113,8 @@ class MessageType(StrEnum):
     CLT_HEARTBEAT = "clt_heartbeat"
     CLT_ERROR = "clt_error"
     CLT_REQUEST_CHECKSUMS = "clt_request_checksums"
+    CLT_RESYNC_TABLES = "clt_resync_tables"
+    CLT_RESYNC_RECEIVED = "clt_resync_received"
 
 
 class Operation(StrEnum):
@@ -396,6 +409,22 @@ def _dec_checksums(value: Any, path: str) -> dict[str, str]:
     return {_dec_name(k, f"{path}.{k}"): _dec_str(v, f"{path}.{k}") for k, v in raw.items()}
 
 
+#: More table names than any schema here has; bounds what one request can ask for.
+MAX_RESYNC_TABLES = 256
+
+
+def _dec_table_names(value: Any, path: str) -> tuple[str, ...]:
+    """A non-empty list of distinct table names (``clt_resync_tables``, ``srv_resync_*``)."""
+    if not isinstance(value, list) or not value:
+        raise _invalid(path, "must be a non-empty list of table names")
+    if len(value) > MAX_RESYNC_TABLES:
+        raise _invalid(path, f"must name at most {MAX_RESYNC_TABLES} tables")
+    names = tuple(_dec_name(item, f"{path}[{i}]") for i, item in enumerate(value))
+    if len(set(names)) != len(names):
+        raise _invalid(path, "must not name a table twice")
+    return names
+
+
 _INIT_SEQ = _nested(InitSequence)
 _CHUNK_SEQ = _nested(ChunkSequence)
 
@@ -504,6 +533,33 @@ class SrvTableChecksums(Message):
 
 
 @dataclass(frozen=True, kw_only=True)
+class SrvResyncStart(Message):
+    """Extension: the answer to ``clt_resync_tables``; ``tables`` as read at ``lsn``."""
+
+    TYPE: ClassVar[MessageType] = MessageType.SRV_RESYNC_START
+    lsn: int = _wire("lsn", _dec_lsn, format_lsn)
+    tables: tuple[str, ...] = _wire("tables", _dec_table_names, list)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SrvResyncChanges(Message):
+    """Extension: one chunk of a table re-sync, shaped like ``srv_init_changes``."""
+
+    TYPE: ClassVar[MessageType] = MessageType.SRV_RESYNC_CHANGES
+    changes: tuple[TableChange, ...] = _wire("changes", _dec_changes, _enc_changes)
+    sequence: InitSequence = _wire("sequence", *_INIT_SEQ)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SrvResyncComplete(Message):
+    """Extension: every chunk of ``tables`` at ``lsn`` was sent (and acknowledged)."""
+
+    TYPE: ClassVar[MessageType] = MessageType.SRV_RESYNC_COMPLETE
+    lsn: int = _wire("lsn", _dec_lsn, format_lsn)
+    tables: tuple[str, ...] = _wire("tables", _dec_table_names, list)
+
+
+@dataclass(frozen=True, kw_only=True)
 class CltInitReceived(Message):
     TYPE: ClassVar[MessageType] = MessageType.CLT_INIT_RECEIVED
     table: str = _wire("table", _dec_name)
@@ -564,6 +620,23 @@ class CltRequestChecksums(Message):
     tables: tuple[str, ...] = _wire("tables", _dec_id_list, list, default=())
 
 
+@dataclass(frozen=True, kw_only=True)
+class CltResyncTables(Message):
+    """Extension: ask for a snapshot of ``tables`` only (repair after a checksum mismatch)."""
+
+    TYPE: ClassVar[MessageType] = MessageType.CLT_RESYNC_TABLES
+    tables: tuple[str, ...] = _wire("tables", _dec_table_names, list)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CltResyncReceived(Message):
+    """Extension: a ``srv_resync_changes`` chunk is staged (flow control, as for init)."""
+
+    TYPE: ClassVar[MessageType] = MessageType.CLT_RESYNC_RECEIVED
+    table: str = _wire("table", _dec_name)
+    chunk: int = _wire("chunk", _dec_count)
+
+
 MESSAGE_CLASSES: dict[MessageType, type[Message]] = {
     cls.TYPE: cls
     for cls in (
@@ -579,6 +652,9 @@ MESSAGE_CLASSES: dict[MessageType, type[Message]] = {
         SrvHeartbeat,
         SrvError,
         SrvTableChecksums,
+        SrvResyncStart,
+        SrvResyncChanges,
+        SrvResyncComplete,
         CltInitReceived,
         CltInitProcessed,
         CltCatchupReceived,
@@ -588,6 +664,8 @@ MESSAGE_CLASSES: dict[MessageType, type[Message]] = {
         CltHeartbeat,
         CltError,
         CltRequestChecksums,
+        CltResyncTables,
+        CltResyncReceived,
     )
 }
 

@@ -137,6 +137,10 @@ class RemoteChangesPort:
     async def reset_for_reinit(self) -> None:
         await self._call("port.reset_for_reinit", {})
 
+    async def commit_table_resync(self, tables: Sequence[str], server_lsn: int) -> ApplyOutcome:
+        args = {"tables": list(tables), "server_lsn": server_lsn}
+        return _outcome_from_wire(await self._call("port.commit_table_resync", args))
+
     async def table_checksums(self, tables: Sequence[str]) -> dict[str, str]:
         raw = await self._call("port.table_checksums", {"tables": list(tables)})
         if not isinstance(raw, dict):
@@ -198,6 +202,12 @@ async def dispatch_port_call(port: ChangesPort, cmd: str, args: dict[str, Any]) 
     if method == "reset_for_reinit":
         await port.reset_for_reinit()
         return None
+    if method == "commit_table_resync":
+        tables = args.get("tables")
+        if not isinstance(tables, list) or not all(isinstance(t, str) for t in tables):
+            raise _bad("tables", "must be a list of table names")
+        server_lsn = _int(args.get("server_lsn"), "server_lsn")
+        return _outcome_to_wire(await port.commit_table_resync(tables, server_lsn))
     if method == "table_checksums":
         tables = args.get("tables")
         if not isinstance(tables, list) or not all(isinstance(t, str) for t in tables):

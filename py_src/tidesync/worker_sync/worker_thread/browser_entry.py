@@ -110,6 +110,12 @@ def status_to_dict(status: SyncStatus) -> dict[str, Any]:
         "lsn": status.lsn_text,
         "pending": status.pending,
         "repairs": status.repairs,
+        "tableRepairs": status.table_repairs,
+        "fullResyncs": status.full_resyncs,
+        "lastRepair": None
+        if status.last_repair_mode is None
+        else {"tables": list(status.last_repair), "mode": status.last_repair_mode},
+        "repairing": list(status.repairing),
         "lastError": status.last_error,
         "reconnectIn": status.reconnect_in,
         "reconnectAt": (

@@ -47,6 +47,9 @@ from tidesync.worker_sync.shared.message_types import (
     SrvInitStart,
     SrvLiveChanges,
     SrvLsnUpdate,
+    SrvResyncChanges,
+    SrvResyncComplete,
+    SrvResyncStart,
     SrvTableChecksums,
     TableChange,
     decode_message,
@@ -62,6 +65,7 @@ __all__ = [
     "Instruction",
     "MessageProcessor",
     "Reconnect",
+    "RepairFrame",
     "Send",
     "VerifyChecksums",
 ]
@@ -97,7 +101,14 @@ class VerifyChecksums:
     checksums: dict[str, str]
 
 
-Instruction = Send | Reconnect | FlushLocalChanges | VerifyChecksums
+@dataclass(frozen=True)
+class RepairFrame:
+    """A table re-sync frame (or an ``srv_error``) for the repair machine (``repair``)."""
+
+    message: SrvResyncStart | SrvResyncChanges | SrvResyncComplete | SrvError
+
+
+Instruction = Send | Reconnect | FlushLocalChanges | VerifyChecksums | RepairFrame
 
 P, T = SyncPhase, MessageType
 _ANY_CONNECTED = (P.CONNECTING, P.INITIAL, P.CATCHUP, P.LIVE)
@@ -120,6 +131,10 @@ PHASE_TABLE: dict[tuple[SyncPhase, MessageType], SyncPhase] = {
     **{(phase, T.SRV_ERROR): phase for phase in _ANY_CONNECTED},
     # Compared only when live (see ``integrity``); elsewhere harmless and ignored.
     **{(phase, T.SRV_TABLE_CHECKSUMS): phase for phase in _ANY_CONNECTED},
+    # Table repair (extension): only ever asked for while live; judged by ``repair``.
+    (P.LIVE, T.SRV_RESYNC_START): P.LIVE,
+    (P.LIVE, T.SRV_RESYNC_CHANGES): P.LIVE,
+    (P.LIVE, T.SRV_RESYNC_COMPLETE): P.LIVE,
 }
 
 
@@ -302,7 +317,13 @@ class MessageProcessor:
         batch_id = self._client_changes.batch_message_id
         if batch_id is not None and msg.ref_message_id == batch_id:
             self._client_changes.fail_batch()  # the batch was refused as a whole
-        return []
+        # It may answer a table repair request (an old server: ``unknown_type``).
+        return [RepairFrame(msg)] if msg.ref_message_id is not None else []
+
+    async def _on_resync(
+        self, msg: SrvResyncStart | SrvResyncChanges | SrvResyncComplete
+    ) -> list[Instruction]:
+        return [RepairFrame(msg)]
 
     # --- helpers ------------------------------------------------------------------------------
 
@@ -334,4 +355,7 @@ _HANDLERS: dict[MessageType, _Handler] = {
     T.SRV_CHANGES_APPLIED: MessageProcessor._on_changes_applied,
     T.SRV_ERROR: MessageProcessor._on_error,
     T.SRV_TABLE_CHECKSUMS: MessageProcessor._on_table_checksums,
+    T.SRV_RESYNC_START: MessageProcessor._on_resync,
+    T.SRV_RESYNC_CHANGES: MessageProcessor._on_resync,
+    T.SRV_RESYNC_COMPLETE: MessageProcessor._on_resync,
 }

@@ -43,10 +43,17 @@ class SyncStatus:
     last_error: str | None = None
     reconnect_in: float | None = None  # seconds until the next attempt, when backing off
     init_progress: InitProgress | None = None
-    repairs: int = 0
+    repairs: int = 0  # integrity checks that found a table differing (each one repaired)
     # The socket's side of the story while not connected: "backoff" (waiting to
     # reconnect), "offline" (toggle or no network), "connecting", "stopped"...
-    connection: str = "disconnected"  # integrity checks that found a table differing and re-synced
+    connection: str = "disconnected"
+    # How repairs went: re-syncing just the differing tables, or (a server without
+    # the extension, or a repair that kept failing) everything from 0/0.
+    table_repairs: int = 0
+    full_resyncs: int = 0
+    last_repair: tuple[str, ...] = ()  # the tables of the latest repair
+    last_repair_mode: str | None = None  # "tables" | "full"
+    repairing: tuple[str, ...] = ()  # tables being repaired right now
 
     @property
     def lsn_text(self) -> str:
@@ -54,5 +61,10 @@ class SyncStatus:
 
     @property
     def synced(self) -> bool:
-        """Live with nothing left to send: what ``wait_until_synced`` waits for."""
-        return self.connected and self.phase is SyncPhase.LIVE and self.pending == 0
+        """Live, nothing left to send, no table under repair: what ``wait_until_synced`` awaits."""
+        return (
+            self.connected
+            and self.phase is SyncPhase.LIVE
+            and self.pending == 0
+            and not self.repairing
+        )

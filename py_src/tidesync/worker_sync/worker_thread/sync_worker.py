@@ -24,16 +24,23 @@ import random as _random
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from tidesync.worker_sync.shared.changes_port import ChangesPort
 from tidesync.worker_sync.shared.lsn_manager import format_lsn
 from tidesync.worker_sync.shared.message_types import (
+    CltError,
     CltHeartbeat,
     CltRequestChecksums,
+    CltResyncReceived,
+    CltResyncTables,
     CltSendChanges,
     Message,
+    SrvError,
+    SrvResyncChanges,
+    SrvResyncComplete,
+    SrvResyncStart,
     encode_message,
     make,
     new_message_id,
@@ -54,8 +61,21 @@ from tidesync.worker_sync.worker_thread.message_processor import (
     Instruction,
     MessageProcessor,
     Reconnect,
+    RepairFrame,
     Send,
     VerifyChecksums,
+)
+from tidesync.worker_sync.worker_thread.repair import (
+    AbortStaging,
+    AckChunk,
+    BeginStaging,
+    CommitTables,
+    FullResync,
+    RejectFrame,
+    RepairAction,
+    RequestTables,
+    StageChunk,
+    TableRepair,
 )
 from tidesync.worker_sync.worker_thread.status import SyncPhase, SyncStatus
 from tidesync.worker_sync.worker_thread.transport import (
@@ -70,6 +90,7 @@ __all__ = ["SyncWorker", "build_sync_url"]
 log = logging.getLogger(__name__)
 
 StatusCallback = Callable[[SyncStatus], None]
+R = TypeVar("R")
 
 
 def build_sync_url(base: str, client_id: str, lsn: int) -> str:
@@ -111,6 +132,7 @@ class SyncWorker:
         batch_size: int = DEFAULT_BATCH_SIZE,
         backoff: BackoffPolicy | None = None,
         checksum_interval: float = 300.0,
+        repair_timeout: float = 30.0,
     ) -> None:
         self._port = port
         self._factory = transport_factory
@@ -122,6 +144,7 @@ class SyncWorker:
         )
         self._changes = ClientChanges(batch_size=batch_size)
         self._integrity = IntegrityChecker(interval=checksum_interval)
+        self._repair = TableRepair(answer_timeout=repair_timeout)
         self._processor: MessageProcessor | None = None
         self._client_id = ""
         self._events: asyncio.Queue[_SocketEvent | _Command] = asyncio.Queue()
@@ -222,7 +245,9 @@ class SyncWorker:
             while True:
                 if getter is None:
                     getter = asyncio.ensure_future(self._events.get())
-                deadline = _earliest(self._cm.next_deadline(), self._integrity_deadline())
+                deadline = _earliest(
+                    self._cm.next_deadline(), self._integrity_deadline(), self._repair.deadline()
+                )
                 timeout = None if deadline is None else max(0.0, deadline - self._clock())
                 done, _ = await asyncio.wait({getter}, timeout=timeout)
                 if getter not in done and not self._events.empty():
@@ -243,6 +268,7 @@ class SyncWorker:
                             # A batch the server failed to apply (``success: false``, e.g.
                             # its disk was full) is retried here, at most once per tick.
                             await self._flush()
+                    await self._drive_repair()
                 except Exception as exc:  # a bug or a failing port: log, keep the loop alive
                     log.exception("sync loop step failed")
                     self._loop_error = f"{type(exc).__name__}: {exc}"
@@ -285,9 +311,7 @@ class SyncWorker:
         else:
             await self._execute(self._cm.closed(now, event.code, event.text))
 
-    async def _heartbeating(
-        self, work: Coroutine[Any, Any, list[Instruction]]
-    ) -> list[Instruction]:
+    async def _heartbeating(self, work: Coroutine[Any, Any, R]) -> R:
         """Handle one frame, sending heartbeats while that takes longer than an interval.
 
         Handling a frame can wait for a long local write (committing a 50,000-row
@@ -319,6 +343,7 @@ class SyncWorker:
                 await self._teardown_socket()
                 self._changes.on_disconnect()
                 self._integrity.connection_lost()
+                await self._run_repair(self._repair.connection_lost())
                 await self._proc.connection_lost()
                 self._pending_dirty = True
 
@@ -334,6 +359,8 @@ class SyncWorker:
                 await self._execute(self._cm.restart(self._clock(), item.reason))
             elif isinstance(item, VerifyChecksums):
                 await self._verify_checksums(item)
+            elif isinstance(item, RepairFrame):
+                await self._repair_frame(item.message)
 
     # --- integrity checks (docs/protocol.md extension) ------------------------------------------
 
@@ -343,6 +370,8 @@ class SyncWorker:
 
     async def _maybe_check_integrity(self) -> None:
         live = self._cm.connected and self._proc.phase is SyncPhase.LIVE
+        if self._repair.active:
+            return  # a table being repaired differs by design until the swap
         if live and self._integrity.due(self._clock()):
             await self._send(make(CltRequestChecksums, self._client_id, self._wall_ms()))
 
@@ -362,19 +391,112 @@ class SyncWorker:
         if verdict is CheckVerdict.MISMATCH:
             self._proc.last_error = (
                 f"integrity check: {', '.join(tables)} differed from the server at "
-                f"{format_lsn(answer.lsn)}; re-synced"
+                f"{format_lsn(answer.lsn)}; repairing {', '.join(tables)}"
             )
             log.error("%s (repair %d)", self._proc.last_error, self._integrity.repairs)
-            await self._port.reset_for_reinit()
-            self._proc.acked_lsn = 0
-            await self._execute(self._cm.restart(self._clock(), "integrity repair"))
+            self._repair.mismatch(tables)
+            await self._drive_repair()
         elif verdict is CheckVerdict.OK:
             log.info("integrity check ok at %s", format_lsn(answer.lsn))
+
+    # --- table repair (docs/protocol.md extension; ``repair`` decides, this does the I/O) ------
+
+    async def _drive_repair(self) -> None:
+        live = self._cm.connected and self._proc.phase is SyncPhase.LIVE
+        busy = bool(self._changes.in_flight)
+        actions = self._repair.poll(self._clock(), live=live, in_flight=busy)
+        await self._run_repair(actions)
+
+    async def _repair_frame(self, message: Message) -> None:
+        now = self._clock()
+        if isinstance(message, SrvError):
+            actions = self._repair.on_error(message)
+        elif isinstance(message, SrvResyncStart):
+            actions = self._repair.on_start(message, now)
+        elif isinstance(message, SrvResyncChanges):
+            actions = self._repair.on_chunk(message, now)
+        else:
+            assert isinstance(message, SrvResyncComplete)
+            actions = self._repair.on_complete(message, now)
+        await self._run_repair(actions)
+
+    async def _run_repair(self, actions: list[RepairAction]) -> None:
+        port, cid = self._port, self._client_id
+        for action in actions:
+            if isinstance(action, RequestTables):
+                request = CltResyncTables(
+                    client_id=cid,
+                    message_id=action.message_id,
+                    timestamp=self._wall_ms(),
+                    tables=action.tables,
+                )
+                await self._send(request)
+            elif isinstance(action, BeginStaging):
+                await port.begin_initial_sync(action.lsn)
+            elif isinstance(action, StageChunk):
+                await port.stage_initial_chunk(action.table, action.changes)
+            elif isinstance(action, AckChunk):
+                ack = make(
+                    CltResyncReceived, cid, self._wall_ms(), table=action.table, chunk=action.chunk
+                )
+                await self._send(ack)
+            elif isinstance(action, CommitTables):
+                await self._commit_repair(action)
+            elif isinstance(action, AbortStaging):
+                await port.abort_initial_sync()
+            elif isinstance(action, FullResync):
+                await self._full_resync(action)
+            elif isinstance(action, RejectFrame):
+                self._proc.last_error = f"bad frame from the server ({action.code}): {action.text}"
+                error = make(
+                    CltError,
+                    cid,
+                    self._wall_ms(),
+                    code=action.code,
+                    error=action.text[:500],
+                    ref_message_id=action.ref_message_id,
+                )
+                await self._send(error)
+
+    async def _commit_repair(self, action: CommitTables) -> None:
+        try:
+            outcome = await self._heartbeating(
+                self._port.commit_table_resync(action.tables, action.lsn)
+            )
+        except Exception as exc:
+            log.exception("committing the table repair failed")
+            await self._run_repair(self._repair.commit_failed(f"{type(exc).__name__}: {exc}"))
+            return
+        self._repair.committed()
+        log.warning(
+            "integrity repair: %s re-synced at %s (%d rows, %d kept local)",
+            ", ".join(action.tables),
+            format_lsn(action.lsn),
+            outcome.applied,
+            outcome.skipped,
+        )
+        if self._proc.last_error and self._proc.last_error.startswith("integrity check:"):
+            self._proc.last_error = None  # repaired: as the full re-sync clears it once live
+        self._pending_dirty = True
+        await self._flush()  # local writes held back during the repair
+
+    async def _full_resync(self, action: FullResync) -> None:
+        """The remedy without the extension: re-sync everything from ``0/0``."""
+        self._proc.last_error = (
+            f"integrity check: {', '.join(action.tables)} differed from the server; "
+            f"re-synced everything ({action.reason})"
+        )
+        log.error(self._proc.last_error)
+        await self._port.reset_for_reinit()
+        self._proc.acked_lsn = 0
+        await self._execute(self._cm.restart(self._clock(), "integrity repair"))
 
     async def _flush(self) -> None:
         """Send the next batch of local changes when live and nothing is in flight."""
         if not (self._cm.connected and self._proc.phase is SyncPhase.LIVE):
             return
+        if self._repair.blocks_sending:
+            return  # results must not land between a repair's snapshot and its swap
         if not self._changes.can_send():
             return
         unsynced = await self._port.unsynced_changes(self._changes.batch_size)
@@ -471,6 +593,11 @@ class SyncWorker:
             init_progress=proc.init_progress,
             repairs=self._integrity.repairs,
             connection=self._cm.state.value,
+            table_repairs=self._repair.table_repairs,
+            full_resyncs=self._repair.full_resyncs,
+            last_repair=self._repair.last_repaired,
+            last_repair_mode=self._repair.last_mode,
+            repairing=self._repair.tables if self._repair.active else (),
         )
         # Waiters re-check after every step (``_local_unseen`` may have flipped even
         # when the status itself did not change); callbacks hear only real changes.
