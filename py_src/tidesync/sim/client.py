@@ -65,10 +65,23 @@ class SimClient:
         self._conn: sqlite3.Connection | None = None
         self.crashes = 0
         self.repairs = 0  # integrity repairs of earlier incarnations
+        self.table_repairs = 0
+        self.full_resyncs = 0
 
     @property
     def up(self) -> bool:
         return self.changes is not None
+
+    @property
+    def connection(self) -> sqlite3.Connection | None:
+        """The open database connection (for faults that edit the file behind its back)."""
+        return self._conn
+
+    def _count_repairs(self, sync: SyncWorker) -> None:
+        status = sync.status
+        self.repairs += status.repairs
+        self.table_repairs += status.table_repairs
+        self.full_resyncs += status.full_resyncs
 
     async def start(self) -> None:
         """Open the file and start syncing (a process start)."""
@@ -105,7 +118,7 @@ class SimClient:
         self.crashes += 1
         conn, sync = self._conn, self.sync
         if sync is not None:
-            self.repairs += sync.status.repairs
+            self._count_repairs(sync)
         self.changes = self.sync = self._conn = None
         if conn is not None:
             conn.close()  # rolls back an open transaction, as the OS does for a dead process
@@ -123,7 +136,7 @@ class SimClient:
         """A clean shutdown (close 1000, database closed)."""
         sync, changes = self.sync, self.changes
         if sync is not None:
-            self.repairs += sync.status.repairs
+            self._count_repairs(sync)
             await sync.stop()
         if changes is not None:
             await changes.close()

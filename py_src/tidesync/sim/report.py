@@ -34,6 +34,8 @@ class SimReport:
     server_lsn: int = 0
     history_rows: int = 0
     integrity_repairs: int = 0
+    table_repairs: int = 0  # repairs that re-synced just the differing tables
+    full_resyncs: int = 0  # repairs that fell back to re-syncing everything
     settled_after_s: float | None = None
     fingerprint: str = ""
     errors: list[str] = field(default_factory=list)
@@ -62,7 +64,8 @@ class SimReport:
             f"  server: {_fmt(self.server)}; lsn {self.server_lsn}, "
             f"{self.history_rows} history rows",
             f"  local changes: {_fmt(self.local_changes)}",
-            f"  integrity repairs: {self.integrity_repairs}; settled after "
+            f"  integrity repairs: {self.integrity_repairs} ({self.table_repairs} by table, "
+            f"{self.full_resyncs} full); settled after "
             + ("never" if self.settled_after_s is None else f"{self.settled_after_s:.1f} s"),
             f"  fingerprint: {self.fingerprint[:16]}",
         ]
@@ -88,6 +91,8 @@ class SimReport:
             "server_lsn": self.server_lsn,
             "history_rows": self.history_rows,
             "integrity_repairs": self.integrity_repairs,
+            "table_repairs": self.table_repairs,
+            "full_resyncs": self.full_resyncs,
             "fingerprint": self.fingerprint,
             "errors": self.errors,
             "violations": [str(v) for v in self.violations],

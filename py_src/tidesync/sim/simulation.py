@@ -3,8 +3,9 @@
 One run: start the server and the clients; perform ``operations`` random
 writes on random clients with think time between them, injecting faults as it
 goes (connection cuts on the network's side; client crashes, server crashes,
-partitions, offline toggles and writes by another program on the server from
-here); then heal everything, wait (in virtual time) until every client is live
+partitions, offline toggles, writes by another program on the server and,
+when asked for, a client table corrupted behind the client's back, from here);
+then heal everything, wait (in virtual time) until every client is live
 with nothing pending at the server's LSN, stop, and check the invariants
 (``tidesync.sim.invariants``) on the files.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import sqlite3
 import tempfile
 import time
 import traceback
@@ -28,7 +30,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from tidesync.schema import Schema, demo_schema_sql
+from tidesync.schema import Schema, demo_schema_sql, quote_ident
 from tidesync.server.session import SessionConfig
 from tidesync.sim.client import SimClient
 from tidesync.sim.invariants import Violation, check_invariants
@@ -65,6 +67,9 @@ class FaultConfig:
     partition: float = 0.004
     offline: float = 0.004
     admin_write: float = 0.01
+    # A client row changed or deleted behind the client's back (a bug's effect); off by
+    # default: the integrity check must then find it and repair that table alone.
+    corrupt: float = 0.0
     client_down_s: tuple[float, float] = (0.5, 20.0)
     server_down_s: tuple[float, float] = (0.5, 15.0)
     partition_s: tuple[float, float] = (1.0, 40.0)
@@ -75,12 +80,14 @@ class FaultConfig:
 class _Errors(logging.Handler):
     """Collects ERROR records of the code under test: an error logged is a finding."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, corruption: bool = False) -> None:
         super().__init__(logging.ERROR)
         self.found: list[str] = []
+        self.corruption = corruption  # then a checksum mismatch is expected, not a finding
 
     def emit(self, record: logging.LogRecord) -> None:
-        if not record.name.startswith("tidesync.sim"):
+        expected = self.corruption and record.getMessage().startswith("integrity check:")
+        if not record.name.startswith("tidesync.sim") and not expected:
             text = f"{record.name}: {record.getMessage()}"
             if record.exc_info:
                 text += "\n" + "".join(traceback.format_exception(*record.exc_info)[-4:])
@@ -121,7 +128,7 @@ class Simulation:
     def run(self, operations: int = 2000) -> SimReport:
         """Run on a fresh virtual-time loop; the files live in ``workdir`` or a temp dir."""
         started = time.perf_counter()
-        errors = _Errors()
+        errors = _Errors(corruption=self.faults.corrupt > 0)
         logger = logging.getLogger("tidesync")
         logger.addHandler(errors)
         loop = VirtualTimeLoop()
@@ -211,6 +218,13 @@ class _Run:
         settle_start = self.loop.time()
         await self._heal()
         report.settled_after_s = await self._settle()
+        if report.settled_after_s is not None and sim.faults.corrupt:
+            # A corruption after the last periodic check: one more round finds and repairs it.
+            for client in self.clients:
+                if client.sync is not None:
+                    client.sync.verify_integrity()
+            await asyncio.sleep(30.0)
+            report.settled_after_s = await self._settle()
         if report.settled_after_s is not None:
             report.settled_after_s -= settle_start
         stuck = self._stuck()
@@ -222,9 +236,15 @@ class _Run:
         if report.settled_after_s is None:
             report.violations.insert(0, Violation("settle", None, stuck))
         report.integrity_repairs = sum(c.repairs for c in self.clients)
-        if report.integrity_repairs:
+        report.table_repairs = sum(c.table_repairs for c in self.clients)
+        report.full_resyncs = sum(c.full_resyncs for c in self.clients)
+        if report.integrity_repairs and not sim.faults.corrupt:
             report.violations.append(
                 Violation("integrity", None, f"{report.integrity_repairs} checksum repair(s)")
+            )
+        if report.full_resyncs:  # the table repair fell back to re-syncing everything
+            report.violations.append(
+                Violation("integrity", None, f"{report.full_resyncs} full re-sync(s)")
             )
         report.fingerprint, report.server_lsn, report.history_rows = fingerprint(
             self.server.path, sim.schema
@@ -278,6 +298,8 @@ class _Run:
                 self._later(f.offline_s, partial(self._online, victim, sync))
         if rng.random() < f.admin_write:
             self._admin_write()
+        if f.corrupt and up and rng.random() < f.corrupt:  # no draw when off: seeds replay
+            self._corrupt(rng.choice(up))
 
     def _spawn(self, coro: Any) -> None:
         task = self.loop.create_task(coro)
@@ -307,6 +329,41 @@ class _Run:
         if outcome:
             self.faults[outcome] += 1
             self.loop.call_later(0.1, self.server.external_commit)
+
+    def _corrupt(self, client: SimClient) -> None:
+        """Change or delete one synced row of a random table without recording it."""
+        conn = client.connection
+        if conn is None or conn.in_transaction:
+            return  # the worker is inside a transaction (it awaits within one): next time
+        table = self.sim.schema.tables[self.rng.choice(self.sim.schema.order)]
+        keys = ", ".join(quote_ident(k) for k in table.primary_key)
+        rows = conn.execute(
+            f"SELECT rowid FROM {quote_ident(table.name)} ORDER BY {keys}"
+        ).fetchall()
+        if not rows:
+            return
+        rowid = self.rng.choice(rows)[0]
+        columns = [c for c in table.column_names if c not in table.primary_key]
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("UPDATE _ts_ctx SET applying = 1")  # the recording triggers stay quiet
+            if columns and self.rng.random() < 0.5:
+                column = self.rng.choice(columns)
+                conn.execute(
+                    f"UPDATE {quote_ident(table.name)} SET {quote_ident(column)} = 'corrupted' "
+                    "WHERE rowid = ?",
+                    (rowid,),
+                )
+                kind = "corrupt_update"
+            else:  # a parent's delete cascades locally: its children drift too
+                conn.execute(f"DELETE FROM {quote_ident(table.name)} WHERE rowid = ?", (rowid,))
+                kind = "corrupt_delete"
+            conn.execute("UPDATE _ts_ctx SET applying = 0")
+            conn.execute("COMMIT")
+        except sqlite3.Error:  # e.g. the column is a foreign key: this corruption is refused
+            conn.execute("ROLLBACK")
+            return
+        self.faults[kind] += 1
 
     # --- the end ------------------------------------------------------------------------------
 
