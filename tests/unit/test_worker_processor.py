@@ -116,6 +116,41 @@ async def test_port_calls_reach_the_changes_port(worker: ChangesWorker) -> None:
     assert (await worker.local_state()).lsn == 5
 
 
+async def test_a_table_repair_crosses_the_channel_like_an_initial_sync(
+    worker: ChangesWorker,
+) -> None:
+    """The browser's Sync Worker stages and swaps a table repair over the MessageChannel."""
+    from tidesync.worker_sync.shared.message_types import Operation, TableChange
+
+    async def over_the_channel(cmd: str, args: dict[str, Any]) -> Any:
+        reply = await handle_request(
+            worker, {"id": 1, "cmd": cmd, "args": json.loads(json.dumps(args))}
+        )
+        assert reply["ok"], reply
+        return reply["result"]
+
+    port = RemoteChangesPort(over_the_channel)
+    row = {"id": "p1", "name": "from the server", "updated_at": "2027-01-01T00:00:00.000Z"}
+    snapshot = TableChange(
+        id="s1",
+        table="projects",
+        operation=Operation.INSERT,
+        data=row,
+        updated_at=row["updated_at"],
+    )
+    await port.begin_initial_sync(9)
+    await port.stage_initial_chunk("projects", [snapshot])
+    outcome = await port.commit_table_resync(["projects"], 9)
+    assert (outcome.applied, outcome.tables, outcome.lsn) == (1, ("projects",), 0)
+    assert await worker.query("SELECT id, name FROM projects") == [
+        {"id": "p1", "name": "from the server"}
+    ]
+    reply = await handle_request(
+        worker, {"id": 2, "cmd": "port.commit_table_resync", "args": {"tables": "projects"}}
+    )
+    assert not reply["ok"] and "tables" in reply["error"]["message"]
+
+
 async def test_live_query_subscription_sees_writes(worker: ChangesWorker) -> None:
     seen: list[tuple[str, Any]] = []
     worker.on_query_result(lambda sub_id, rows: seen.append((sub_id, rows)))

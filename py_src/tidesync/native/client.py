@@ -102,7 +102,11 @@ class Client:
         self._sync.go_offline()
 
     def verify_integrity(self) -> None:
-        """Compare table checksums with the server now; a mismatch re-syncs (``status.repairs``)."""
+        """Compare table checksums with the server now; differing tables are re-synced.
+
+        ``status.repairs`` counts mismatches, ``status.last_repair`` names the tables,
+        ``status.table_repairs`` / ``full_resyncs`` say how they were repaired.
+        """
         self._sync.verify_integrity()
 
     def go_online(self) -> None:

@@ -130,8 +130,15 @@ class RejectFrame:
 
 
 RepairAction = (
-    RequestTables | BeginStaging | StageChunk | AckChunk | CommitTables | AbortStaging | FullResync
-) | RejectFrame
+    RequestTables
+    | BeginStaging
+    | StageChunk
+    | AckChunk
+    | CommitTables
+    | AbortStaging
+    | FullResync
+    | RejectFrame
+)
 
 
 @dataclass
