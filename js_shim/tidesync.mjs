@@ -427,6 +427,9 @@ export class TideSync {
     old?.failAll(new TideSyncError("the tab that owned the database closed before answering; retry"));
     this._channel?.close();
     this._channel = null;
+    // The old leader's last status (live, nothing pending) is not ours: until our own workers
+    // report, this tab is starting, so nobody mistakes the handover for a live database.
+    this._setStatus({ ready: false, connected: false, phase: "starting" });
     await this._becomeLeader();
     for (const [subId, sub] of this._subs) {
       this._call("subscribe", { subId, sql: sub.sql, params: sub.params }).catch((err) => this._emit("error", err));

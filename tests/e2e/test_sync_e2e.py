@@ -213,6 +213,7 @@ def test_renderer_killed_right_after_commit_keeps_the_row_and_integrity(
     ]
 
 
+@pytest.mark.timeout(360)  # boots Pyodide three times (two tabs, one takeover) on 2 cores
 def test_second_tab_works_through_the_owner_and_takes_over_when_it_closes(
     chromium: Any, open_client: Callable[..., Any]
 ) -> None:
@@ -236,7 +237,7 @@ def test_second_tab_works_through_the_owner_and_takes_over_when_it_closes(
 
         first.close()
         second.wait_for_function("() => db.status.role === 'leader'", timeout=BOOT_TIMEOUT_MS)
-        second.wait_for_function(LIVE_AND_IDLE)
+        second.wait_for_function(LIVE_AND_IDLE, timeout=BOOT_TIMEOUT_MS)
         assert _query(second, "SELECT count(*) AS n FROM projects WHERE id LIKE 'tab%'") == [
             {"n": 2}
         ]
