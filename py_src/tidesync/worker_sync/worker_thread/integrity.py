@@ -5,8 +5,9 @@ live and idle the Sync Worker asks for ``srv_table_checksums`` (extension, see
 docs/protocol.md) now and then; the answer is only comparable when the client
 stands exactly at the answer's LSN with nothing of its own pending (pending
 changes make the tables differ legitimately), otherwise the round is skipped
-and asked again soon.  A mismatch is repaired by re-syncing from ``0/0`` while
-keeping unsent local changes (the same path as ``lsn_ahead``) and reported.
+and asked again soon.  A mismatch names the differing tables; ``repair``
+re-syncs just those (falling back to a re-sync from ``0/0`` that keeps unsent
+local changes, the ``lsn_ahead`` path, when the server cannot).
 
 Pure state: times in, decisions out; the Sync Worker does the I/O.
 """
