@@ -189,7 +189,9 @@ async def test_only_the_differing_table_is_resynced_and_local_edits_made_meanwhi
         # between the snapshot and its swap), kept on top of the snapshot, then sent.
         await client.update("tasks", {"id": "t05", "title": "edited during the repair"})
         await client.insert("tasks", {"id": "t99", "project_id": "p1", "title": "new meanwhile"})
-        assert client.status.repairing == ("tasks",)
+        during = client.status
+        assert during.repairing == ("tasks",) and not during.synced
+        assert during.last_error is not None and "repairing tasks" in during.last_error
         proxy.resume()
 
         await _eventually(lambda: _is(client.status.table_repairs == 1))
