@@ -19,6 +19,8 @@ import pytest
 import websockets
 from tests.helpers.server_process import ServerHandle
 
+from tidesync.server.session_types import SessionConfig
+
 TIMEOUT = 10.0
 
 
@@ -142,7 +144,10 @@ async def live_client(server: ServerHandle, client_id: str | None = None) -> Raw
 async def test_initial_sync_sends_every_row_in_acknowledged_chunks(server: ServerHandle) -> None:
     from tidesync.cli import seed_tasks
 
-    seed_tasks(server.db_path, 3500)
+    # More tasks than the window of chunks holds (the server's default chunk size).
+    chunk_rows = SessionConfig().init_chunk_rows
+    total = 4 * chunk_rows + chunk_rows // 2
+    seed_tasks(server.db_path, total)
     client = await RawClient.connect(server)
     start = await client.recv("srv_init_start")
     assert _lsn(start["serverLSN"]) > 0
@@ -166,9 +171,9 @@ async def test_initial_sync_sends_every_row_in_acknowledged_chunks(server: Serve
         assert all(c["operation"] == "insert" for c in message["changes"])
         await client.send("clt_init_received", table=seq["table"], chunk=seq["chunk"])
     assert message["serverLSN"] == start["serverLSN"]
-    assert len(rows["tasks"]) == 3500
-    assert chunks["tasks"] == [1, 2, 3, 4]
-    assert len({c["data"]["id"] for c in rows["tasks"]}) == 3500
+    assert len(rows["tasks"]) == total
+    assert chunks["tasks"] == [1, 2, 3, 4, 5]
+    assert len({c["data"]["id"] for c in rows["tasks"]}) == total
     await client.send("clt_init_processed")
     done = await client.recv("srv_catchup_completed")
     assert done["changeCount"] == 0

@@ -7,6 +7,7 @@ last-write-wins: that belongs to the Changes side and its own tests).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +58,10 @@ class FakePort:
         self.calls.append(("stage_initial_chunk", (table, len(changes))))
         assert self.staged is not None, "stage before begin"
         self.staged.extend((table, c) for c in changes)
+
+    async def stage_initial_json(self, table: str, changes_json: str) -> None:
+        changes = [TableChange.from_wire(item) for item in json.loads(changes_json)]
+        await self.stage_initial_chunk(table, changes)
 
     async def commit_initial_sync(self, server_lsn: int) -> ApplyOutcome:
         self.calls.append(("commit_initial_sync", server_lsn))

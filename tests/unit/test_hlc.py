@@ -112,3 +112,26 @@ def test_ticks_are_strictly_increasing_whatever_happens(steps: list[tuple[bool, 
         now = clock.tick()
         assert now > last
         last = now
+
+
+def test_canonical_times_pass_through_and_invalid_ones_still_fail() -> None:
+    """The fast path for text already in wire form checks the calendar like the parser."""
+    for text in (
+        "2026-11-25T10:00:00.123Z",
+        "2024-02-29T23:59:59.999Z",
+        "1970-01-01T00:00:00.000Z",
+    ):
+        assert normalize_timestamp(text) is text
+    for text in (
+        "2026-02-29T10:00:00.000Z",
+        "2026-13-01T00:00:00.000Z",
+        "2026-11-25T24:00:00.000Z",
+        "2026-11-25T10:60:00.000Z",
+        "2026-11-25T10:00:61.000Z",
+        "0000-01-01T00:00:00.000Z",
+    ):
+        with pytest.raises(TimestampError):
+            normalize_timestamp(text)
+    assert normalize_timestamp("1969-12-31T23:59:59.999Z") == "1969-12-31T23:59:59.999Z"
+    # Non-ASCII digits are not the wire form: parsed and rewritten, never passed through.
+    assert normalize_timestamp("\uff12026-11-25T10:00:00.000Z") == "2026-11-25T10:00:00.000Z"

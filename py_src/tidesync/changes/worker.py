@@ -280,6 +280,10 @@ class ChangesWorker:
         async with self._lock:
             self._initial.stage(table, changes)
 
+    async def stage_initial_json(self, table: str, changes_json: str) -> None:
+        async with self._lock:
+            self._initial.stage_json(table, changes_json)
+
     async def commit_initial_sync(self, server_lsn: int) -> ApplyOutcome:
         async with self._server_lock, self._lock:
             result = self._initial.commit(server_lsn)

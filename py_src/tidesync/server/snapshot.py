@@ -44,6 +44,11 @@ class Snapshot:
         }
         self._cursor: sqlite3.Cursor | None = None
         self._cursor_table: str | None = None
+        # Change ids of snapshot rows only need to be unique (nothing resends them):
+        # one random uuid per snapshot with a counter in its last 12 hex digits
+        # costs a string format per row instead of a uuid4 (~2 us each, 100k rows).
+        self._id_prefix = uuid.uuid4().hex[:20]
+        self._serial = 0
         self._now = normalize_timestamp(
             self._conn.execute("SELECT strftime('%Y-%m-%dT%H:%M:%fZ','now')").fetchone()[0]
         )
@@ -72,20 +77,24 @@ class Snapshot:
             self._cursor_table = table_name
         assert self._cursor is not None
         names = table.column_names
+        width = len(names)
+        prefix, serial = self._id_prefix, self._serial
         out: list[TableChange] = []
         for raw in self._cursor.fetchmany(chunk_rows):
-            data = dict(zip(names, raw[: len(names)], strict=True))
-            version_time, author = raw[len(names)], raw[len(names) + 1]
+            data = dict(zip(names, raw[:width], strict=True))
+            serial += 1
             out.append(
                 TableChange(
-                    id=uuid.uuid4().hex,
-                    table=table_name,
-                    operation=Operation.INSERT,
-                    data=data,
-                    updated_at=self._time(version_time, data),
-                    client_id=author,
+                    f"{prefix}{serial:012x}",
+                    table_name,
+                    Operation.INSERT,
+                    data,
+                    self._time(raw[width], data),
+                    None,
+                    raw[width + 1],
                 )
             )
+        self._serial = serial
         return tuple(out)
 
     def _time(self, version_time: object, data: dict[str, object]) -> str:

@@ -52,6 +52,13 @@ class ChangesPort(Protocol):
 
     async def stage_initial_chunk(self, table: str, changes: Sequence[TableChange]) -> None: ...
 
+    async def stage_initial_json(self, table: str, changes_json: str) -> None:
+        """``stage_initial_chunk`` with the changes as the JSON text of their wire form.
+
+        The form that crosses the MessageChannel (one string per chunk); the
+        Changes side validates it as it would the decoded changes.
+        """
+
     async def commit_initial_sync(self, server_lsn: int) -> ApplyOutcome:
         """Replace synced data with the snapshot and set the LSN, in one transaction.
 

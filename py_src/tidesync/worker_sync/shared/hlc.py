@@ -19,6 +19,7 @@ __all__ = [
     "HybridLogicalClock",
     "TimestampError",
     "format_timestamp",
+    "is_canonical_timestamp",
     "lww_key",
     "normalize_timestamp",
     "parse_timestamp",
@@ -27,6 +28,13 @@ __all__ = [
 _ISO_RE = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:?\d{2})?$"
 )
+
+
+# The canonical wire form, which nearly every timestamp already has (``format_timestamp``).
+_CANONICAL_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z")
+# Calendar dates already found valid in canonical timestamps (a snapshot repeats a few).
+_VALID_DATES: set[str] = set()
+_MAX_VALID_DATES = 4096
 
 
 class TimestampError(ValueError):
@@ -63,8 +71,35 @@ def format_timestamp(millis: int) -> str:
 
 
 def normalize_timestamp(text: object) -> str:
-    """Parse and re-format, so stored times compare correctly as text too."""
+    """Parse and re-format, so stored times compare correctly as text too.
+
+    Text already in the canonical form is returned as is once its date and time
+    are checked: the full parse costs ~30 us, and every row of a snapshot and
+    every change of a batch goes through here on both sides.
+    """
+    if isinstance(text, str) and is_canonical_timestamp(text):
+        return text
     return format_timestamp(parse_timestamp(text))
+
+
+def is_canonical_timestamp(text: str) -> bool:
+    """``text`` is exactly ``format_timestamp``'s output for some time since 1970."""
+    if len(text) != 24 or _CANONICAL_RE.fullmatch(text) is None:
+        return False
+    if not (text[:4] >= "1970" and text[11:13] <= "23" and text[14:16] <= "59"):
+        return False
+    if text[17:19] > "59":
+        return False
+    date = text[:10]
+    if date not in _VALID_DATES:
+        try:
+            datetime(int(text[:4]), int(text[5:7]), int(text[8:10]), tzinfo=UTC)
+        except ValueError:
+            return False
+        if len(_VALID_DATES) >= _MAX_VALID_DATES:
+            _VALID_DATES.clear()
+        _VALID_DATES.add(date)
+    return True
 
 
 def lww_key(updated_at: str, client_id: str | None) -> tuple[int, str]:

@@ -23,6 +23,7 @@ clients that ignore them keep working):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
@@ -31,7 +32,11 @@ from dataclasses import MISSING, dataclass, field, fields
 from enum import StrEnum
 from typing import Any, ClassVar, TypeVar
 
-from tidesync.worker_sync.shared.hlc import TimestampError, normalize_timestamp
+from tidesync.worker_sync.shared.hlc import (
+    TimestampError,
+    is_canonical_timestamp,
+    normalize_timestamp,
+)
 from tidesync.worker_sync.shared.lsn_manager import LsnError, format_lsn, parse_lsn
 
 __all__ = [
@@ -318,10 +323,51 @@ class TableChange:
 
     @classmethod
     def from_wire(cls, raw: Any, path: str = "change") -> TableChange:
+        """Validate one change; the common shape is checked inline (snapshots hold 100k).
+
+        Anything unusual (a bad field, an LSN, a time not in canonical form) goes
+        through the generic field decoders, which produce the error naming the field.
+        """
+        if type(raw) is dict:
+            ident, table, op = raw.get("id"), raw.get("table"), raw.get("operation")
+            data, stamp, author = raw.get("data"), raw.get("updated_at"), raw.get("clientId")
+            if (
+                type(ident) is str
+                and 0 < len(ident) <= MAX_ID_LENGTH
+                and type(table) is str
+                and 0 < len(table) <= MAX_NAME_LENGTH
+                and type(op) is str
+                and op in _OPERATIONS
+                and type(data) is dict
+                and data
+                and type(stamp) is str
+                and (author is None or (type(author) is str and 0 < len(author) <= MAX_ID_LENGTH))
+                and is_canonical_timestamp(stamp)
+            ):
+                lsn_text = raw.get("lsn")
+                if lsn_text is None:
+                    return cls(ident, table, _OPERATIONS[op], data, stamp, None, author)
+                with contextlib.suppress(LsnError):
+                    lsn = parse_lsn(lsn_text)
+                    return cls(ident, table, _OPERATIONS[op], data, stamp, lsn, author)
         return cls(**_decode_fields(cls, _dec_object(raw, path), f"{path}."))
 
     def to_wire(self) -> dict[str, Any]:
-        return _encode_fields(self)
+        out: dict[str, Any] = {
+            "id": self.id,
+            "table": self.table,
+            "operation": self.operation.value,
+            "data": self.data,
+            "updated_at": self.updated_at,
+        }
+        if self.lsn is not None:
+            out["lsn"] = format_lsn(self.lsn)
+        if self.client_id is not None:
+            out["clientId"] = self.client_id
+        return out
+
+
+_OPERATIONS: dict[str, Operation] = {op.value: op for op in Operation}
 
 
 def _dec_enum(enum: type[Any], value: Any, path: str) -> Any:
@@ -670,17 +716,27 @@ MESSAGE_CLASSES: dict[MessageType, type[Message]] = {
 }
 
 MAX_NESTING = 32
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 _COMMON_WIRE_FIELDS = ("messageId", "timestamp", "clientId")
 
 
 def _check_depth(value: Any, depth: int = 0) -> None:
+    """Refuse nesting deeper than ``MAX_NESTING``; recurses into containers only (it runs
+    over every value of every frame, so scalars must not cost a call each)."""
     if depth > MAX_NESTING:
         raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"nesting deeper than {MAX_NESTING} levels")
     if isinstance(value, dict):
-        for item in value.values():
-            _check_depth(item, depth + 1)
+        items: Any = value.values()
     elif isinstance(value, list):
-        for item in value:
+        items = value
+    else:
+        return
+    if depth == MAX_NESTING and items:
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"nesting deeper than {MAX_NESTING} levels")
+    if _SCALARS.issuperset(map(type, items)):  # a row's data: scalars only, checked in C
+        return
+    for item in items:
+        if isinstance(item, dict | list):
             _check_depth(item, depth + 1)
 
 

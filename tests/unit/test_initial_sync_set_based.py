@@ -1,0 +1,256 @@
+"""The set-based snapshot path: one JSON text per chunk, typed stage, one INSERT ... SELECT.
+
+``InitialSync.stage_json`` stages rows that certainly fit the schema in bulk (checked
+column by column) and sends everything else through the per-row path; these tests pin
+that the two paths give the same database (values, refusals, pending merges), that
+names never reach SQL unchecked, and that the port carries one string per chunk.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tidesync.changes.worker import ChangesWorker
+from tidesync.changes.worker_processor import handle_request
+from tidesync.worker_sync.shared.message_types import Operation, TableChange
+from tidesync.worker_sync.shared.port_codec import RemoteChangesPort
+
+T0 = 1_800_000_000_000
+AT = "2027-01-15T08:00:00.000Z"
+
+
+def wire(table: str, data: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {
+        "id": f"init-{table}-{data.get('id')}",
+        "table": table,
+        "operation": "insert",
+        "data": data,
+        "updated_at": AT,
+        **extra,
+    }
+
+
+def task(i: int | str, **over: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "id": f"t{i}",
+        "project_id": "p1",
+        "title": f"T{i}",
+        "done": 0,
+        "updated_at": AT,
+    }
+    row.update(over)
+    return row
+
+
+@pytest.fixture
+async def worker(tmp_path: Path) -> AsyncIterator[ChangesWorker]:
+    w = ChangesWorker(str(tmp_path / "client.db"), now_ms=lambda: T0)
+    yield w
+    await w.close()
+
+
+def staged_counts(w: ChangesWorker) -> tuple[int, int]:
+    """(rows in the typed tasks stage, rows in the per-row stage)."""
+    conn = w._conn
+    typed = conn.execute('SELECT count(*) FROM temp."_ts_stage_tasks"').fetchone()[0]
+    generic = conn.execute("SELECT count(*) FROM temp._ts_stage").fetchone()[0]
+    return int(typed), int(generic)
+
+
+async def rows(w: ChangesWorker, table: str) -> list[dict[str, Any]]:
+    return await w.query(f"SELECT * FROM {table} ORDER BY id")
+
+
+async def test_full_rows_take_the_typed_stage_and_commit_in_one_statement(
+    worker: ChangesWorker,
+) -> None:
+    await worker.begin_initial_sync(9)
+    await worker.stage_initial_json(
+        "projects", json.dumps([wire("projects", {"id": "p1", "name": "P", "updated_at": AT})])
+    )
+    await worker.stage_initial_json(
+        "tasks", json.dumps([wire("tasks", task(i)) for i in range(50)])
+    )
+    assert staged_counts(worker) == (50, 0)
+    outcome = await worker.commit_initial_sync(9)
+    assert (outcome.applied, outcome.skipped, outcome.failed) == (51, 0, 0)
+    got = await rows(worker, "tasks")
+    assert len(got) == 50 and got[0] == task(0)
+    state = await worker.local_state()
+    assert (state.lsn, state.initialized) == (9, True)
+    assert await worker.pending_count() == 0  # snapshot rows are not local changes
+
+
+async def test_typed_and_per_row_paths_store_the_same_values(
+    worker: ChangesWorker, tmp_path: Path
+) -> None:
+    """Odd values go per row; the result equals staging every row per row."""
+    odd = [
+        task(1, done=True),
+        task(2, done=False, project_id=None),
+        task(3, done=2.5),  # a finite real: stored as it is
+        task(4, done="7"),  # text in an INTEGER column: refused per row
+        task(5, done=2**63),  # out of 64-bit range: refused
+        task(6, title=None),  # NOT NULL: refused
+        task(7, title=12),  # a number in a TEXT column: stored as text
+        {k: v for k, v in task(8).items() if k != "done"},  # absent column with a default
+        {k: v for k, v in task(9).items() if k != "updated_at"},  # absent: the change's time
+        task(10, title="ünïcødé ✓ \U0001f600 'quoted' \"dq\""),
+        task(11, extra="column"),  # unknown column: refused
+        task(12, done=-(2**63)),
+    ]
+    await worker.begin_initial_sync(3)
+    await worker.stage_initial_json(
+        "projects", json.dumps([wire("projects", {"id": "p1", "name": "P", "updated_at": AT})])
+    )
+    await worker.stage_initial_json("tasks", json.dumps([wire("tasks", r) for r in odd]))
+    assert staged_counts(worker) == (7, 5)
+    outcome = await worker.commit_initial_sync(3)
+
+    reference = ChangesWorker(str(tmp_path / "reference.db"), now_ms=lambda: T0)
+    try:
+        await reference.begin_initial_sync(3)
+        reference._initial._write_stage(
+            "projects", None, [], [wire("projects", {"id": "p1", "name": "P", "updated_at": AT})]
+        )
+        reference._initial._write_stage("tasks", None, [], [wire("tasks", r) for r in odd])
+        expected = await reference.commit_initial_sync(3)
+        assert await rows(worker, "tasks") == await rows(reference, "tasks")
+        assert (outcome.applied, outcome.failed) == (expected.applied, expected.failed)
+    finally:
+        await reference.close()
+    assert outcome.failed == 4
+    stored = {r["id"]: r for r in await rows(worker, "tasks")}
+    assert stored["t1"]["done"] == 1 and stored["t7"]["title"] == "12"
+    assert stored["t8"]["done"] == 0 and stored["t9"]["updated_at"] == AT
+    assert stored["t12"]["done"] == -(2**63)
+
+
+async def test_set_based_swap_keeps_pending_local_changes(worker: ChangesWorker) -> None:
+    project = wire("projects", {"id": "p1", "name": "P", "updated_at": AT})
+    await worker.begin_initial_sync(1)
+    await worker.stage_initial_json("projects", json.dumps([project]))
+    await worker.stage_initial_json("tasks", json.dumps([wire("tasks", task(i)) for i in (1, 2)]))
+    await worker.commit_initial_sync(1)
+    await worker.update("tasks", {"id": "t1", "title": "edited offline"})
+    await worker.delete("tasks", "t2")
+    await worker.insert("tasks", {"id": "t3", "project_id": "p1", "title": "mine"})
+
+    await worker.begin_initial_sync(5)
+    await worker.stage_initial_json("projects", json.dumps([project]))
+    snapshot = [
+        task(1, title="server title", done=1),
+        task(2, title="server keeps it"),
+        task(3, title="same id made elsewhere"),
+        task(4),
+    ]
+    await worker.stage_initial_json("tasks", json.dumps([wire("tasks", r) for r in snapshot]))
+    assert staged_counts(worker) == (4, 0)
+    outcome = await worker.commit_initial_sync(5)
+    got = {r["id"]: r for r in await rows(worker, "tasks")}
+    # The pending update's column stays local, the others come from the snapshot.
+    assert (got["t1"]["title"], got["t1"]["done"]) == ("edited offline", 1)
+    assert "t2" not in got  # the pending delete keeps it deleted
+    assert got["t3"]["title"] == "mine"  # a pending insert stays local
+    assert got["t4"] == task(4)
+    assert (outcome.applied, outcome.skipped) == (3, 2)
+    assert await worker.pending_count() == 3
+
+
+async def test_a_repeated_key_keeps_the_last_row(worker: ChangesWorker) -> None:
+    await worker.begin_initial_sync(2)
+    chunk = [wire("tasks", task(1, title="first")), wire("tasks", task(1, title="last"))]
+    await worker.stage_initial_json("tasks", json.dumps(chunk))
+    await worker.commit_initial_sync(2)
+    assert [r["title"] for r in await rows(worker, "tasks")] == ["last"]
+
+
+async def test_names_from_the_wire_never_reach_sql(worker: ChangesWorker, tmp_path: Path) -> None:
+    evil = 'tasks"; DROP TABLE projects; --'
+    await worker.begin_initial_sync(4)
+    await worker.stage_initial_json(evil, json.dumps([wire(evil, {"id": "x", "name": "n"})]))
+    bad_column = task(1)
+    bad_column['title" = 1; DROP TABLE tasks; --'] = "x"
+    await worker.stage_initial_json(
+        "tasks", json.dumps([wire("tasks", bad_column), wire("tasks", task(2))])
+    )
+    outcome = await worker.commit_initial_sync(4)
+    assert (outcome.applied, outcome.failed) == (1, 2)
+    assert [r["id"] for r in await rows(worker, "tasks")] == ["t2"]
+    other = sqlite3.connect(str(tmp_path / "client.db"))
+    names = {r[0] for r in other.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"projects", "tasks"} <= names
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[{", "not valid JSON"),
+        ('{"changes": []}', "JSON array"),
+        ('"text"', "JSON array"),
+    ],
+)
+async def test_a_chunk_that_is_not_a_json_array_is_refused(
+    worker: ChangesWorker, text: str, message: str
+) -> None:
+    await worker.begin_initial_sync(4)
+    with pytest.raises(ValueError, match=message):
+        await worker.stage_initial_json("tasks", text)
+    assert staged_counts(worker) == (0, 0)
+
+
+async def test_non_objects_and_non_inserts_in_a_chunk_are_counted_failed(
+    worker: ChangesWorker,
+) -> None:
+    await worker.begin_initial_sync(4)
+    chunk: list[Any] = [
+        5,
+        "x",
+        None,
+        wire("tasks", task(1), operation="delete"),
+        {"id": "no-data", "table": "tasks", "operation": "insert", "updated_at": AT},
+        wire("tasks", task(2)),
+    ]
+    await worker.stage_initial_json("tasks", json.dumps(chunk))
+    assert staged_counts(worker) == (1, 5)
+    outcome = await worker.commit_initial_sync(4)
+    assert [r["id"] for r in await rows(worker, "tasks")] == ["t1", "t2"]
+    # Non-objects and the change without data fail; the ``delete`` is re-checked per row
+    # only for its data (the Sync side refuses a non-insert in ``srv_init_changes``).
+    assert (outcome.applied, outcome.failed) == (2, 4)
+
+
+async def test_the_port_carries_one_json_string_per_chunk(worker: ChangesWorker) -> None:
+    sent: list[tuple[str, dict[str, Any]]] = []
+
+    async def call(cmd: str, args: dict[str, Any]) -> Any:
+        sent.append((cmd, args))
+        reply = await handle_request(worker, {"id": 1, "cmd": cmd, "args": args})
+        assert reply["ok"], reply
+        return reply["result"]
+
+    port = RemoteChangesPort(call)
+    await port.begin_initial_sync(6)
+    changes = [TableChange.from_wire(wire("tasks", task(i))) for i in range(3)]
+    await port.stage_initial_chunk("tasks", changes)
+    cmd, args = sent[-1]
+    assert cmd == "port.stage_initial_chunk" and isinstance(args["changes_json"], str)
+    assert "changes" not in args
+    # NaN is not JSON: that chunk falls back to the list form and the row is refused.
+    nan = TableChange(
+        id="n",
+        table="tasks",
+        operation=Operation.INSERT,
+        data=task(9, done=float("nan")),
+        updated_at=AT,
+    )
+    await port.stage_initial_chunk("tasks", [nan])
+    assert isinstance(sent[-1][1]["changes"], list)
+    outcome = await port.commit_initial_sync(6)
+    assert (outcome.applied, outcome.failed) == (3, 1)
