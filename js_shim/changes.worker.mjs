@@ -24,6 +24,9 @@ try {
     files: [dbFile],
     // A tab that crashed holds its OPFS locks until the browser notices: wait for them.
     lockTimeoutMs: config.lockTimeoutMs ?? 30000,
+    // Group flush (docs/storage.md): commits are renderer-kill durable when they
+    // return; the power-loss flush runs at most once per flushDelayMs.
+    flushDelayMs: config.flushDelayMs ?? 0,
   });
   const entry = pyodide.pyimport("tidesync.changes.browser_entry");
   await entry.start({

@@ -21,6 +21,11 @@
  * @property {number} [heartbeatInterval] seconds between heartbeats; default 5
  * @property {boolean} [sync] false keeps the database local-only (no Sync Worker)
  * @property {boolean} [multiTab] false skips leader election (the tab always opens the file)
+ * @property {number} [flushDelayMs] group flush for power loss, in ms; default 100. A write is
+ *   durable against a crashed or killed tab when its promise resolves; the OPFS files are
+ *   flushed to disk (durable against power loss / an OS crash) at most this long after it,
+ *   when the page is hidden or unloaded, on `flush()` and on `close()`. 0 flushes after
+ *   every request (slower: one disk flush per commit). See docs/storage.md.
  */
 
 /**
@@ -63,12 +68,48 @@ function toError(error) {
   return new TideSyncError(error?.message ?? "unknown error", error?.type);
 }
 
+/**
+ * True when `JSON.stringify` carries `value` exactly: null, booleans, strings, finite
+ * numbers, and arrays / plain objects of those (no undefined, BigInt, typed arrays, ...).
+ * @param {any} value @param {number} [depth]
+ * @returns {boolean}
+ */
+function isPlainJson(value, depth = 0) {
+  if (value === null) return true;
+  switch (typeof value) {
+    case "string":
+    case "boolean":
+      return true;
+    case "number":
+      return Number.isFinite(value);
+    case "object": {
+      if (depth > 64) return false;
+      if (Array.isArray(value)) {
+        for (const item of value) if (!isPlainJson(item, depth + 1)) return false;
+        return true;
+      }
+      const proto = Object.getPrototypeOf(value);
+      if (proto !== Object.prototype && proto !== null) return false;
+      for (const key of Object.keys(value)) if (!isPlainJson(value[key], depth + 1)) return false;
+      return true;
+    }
+    default:
+      return false;
+  }
+}
+
 /** Request/response over a Worker or MessagePort; `{id, cmd, args}` -> `{id, ok, result|error}`. */
 class Rpc {
-  /** @param {{postMessage: Function}} target @param {(data: any) => void} onEvent */
-  constructor(target, onEvent) {
+  /**
+   * @param {{postMessage: Function}} target @param {(data: any) => void} onEvent
+   * @param {boolean} [json] send requests as JSON text when that is exact (the Changes
+   *   Worker's Python reads text much faster than it converts a JS object); replies and
+   *   events may arrive as JSON text either way
+   */
+  constructor(target, onEvent, json = false) {
     this.target = target;
     this.onEvent = onEvent;
+    this.json = json;
     this.nextId = 1;
     /** @type {Map<number, {resolve: Function, reject: Function}>} */
     this.waiting = new Map();
@@ -79,12 +120,14 @@ class Rpc {
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       this.waiting.set(id, { resolve, reject });
-      this.target.postMessage({ id, cmd, args });
+      const request = { id, cmd, args };
+      this.target.postMessage(this.json && isPlainJson(args) ? JSON.stringify(request) : request);
     });
   }
 
-  /** @param {any} data */
-  receive(data) {
+  /** @param {any} message */
+  receive(message) {
+    const data = typeof message === "string" ? JSON.parse(message) : message;
     if (data && typeof data.id === "number" && this.waiting.has(data.id)) {
       const pending = this.waiting.get(data.id);
       this.waiting.delete(data.id);
@@ -127,6 +170,7 @@ export class TideSync {
       heartbeatInterval: options.heartbeatInterval ?? 5,
       sync: options.sync ?? true,
       multiTab: options.multiTab ?? true,
+      flushDelayMs: options.flushDelayMs ?? 100,
     };
     this.t0 = performance.now();
     this.tabId = crypto.randomUUID();
@@ -157,6 +201,10 @@ export class TideSync {
     this._onReady = null;
     /** @type {((error: Error) => void) | null} */
     this._onFatal = null;
+    /** @type {(() => void) | undefined} page-visibility listeners of the leader (flush early) */
+    this._flushOnHide = undefined;
+    /** @type {(() => void) | undefined} */
+    this._flushOnPageHide = undefined;
   }
 
   // --- reading and writing -------------------------------------------------------------
@@ -217,6 +265,13 @@ export class TideSync {
     };
   }
 
+  /**
+   * Flush the database files to disk now: every write resolved so far is then durable
+   * against power loss too (they already survive a crashed tab). See `flushDelayMs`.
+   * @returns {Promise<number>} how many files needed a flush
+   */
+  flush() { return this._call("flush", {}); }
+
   /** Local changes not yet acknowledged by the server, oldest first. */
   pendingChanges() { return this._call("pendingChanges", {}); }
 
@@ -250,6 +305,7 @@ export class TideSync {
   async close() {
     if (this._closed) return;
     this._closed = true;
+    this._unwatchPage();
     if (this._rpc) {
       try { await this._rpc.call("close", {}); } catch { /* already gone */ }
     }
@@ -316,12 +372,12 @@ export class TideSync {
     const opts = this.options;
     const config = {
       name: opts.name, url: opts.url, schema: opts.schema, siteBase: opts.siteBase,
-      heartbeatInterval: opts.heartbeatInterval, sync: opts.sync,
+      heartbeatInterval: opts.heartbeatInterval, sync: opts.sync, flushDelayMs: opts.flushDelayMs,
     };
     const changes = new Worker(new URL("./changes.worker.mjs", import.meta.url), { type: "module", name: "tidesync-changes" });
     this._workers.push(changes);
     const channel = new MessageChannel();
-    this._rpc = new Rpc(changes, (data) => this._onWorkerEvent(data));
+    this._rpc = new Rpc(changes, (data) => this._onWorkerEvent(data), true);
     changes.onmessage = (ev) => this._rpc?.receive(ev.data);
     const ready = new Promise((resolve, reject) => { this._onReady = resolve; this._onFatal = reject; });
     changes.postMessage({ kind: "init", config }, [channel.port1]);
@@ -333,7 +389,28 @@ export class TideSync {
     }
     this._setStatus({ role: "leader" });
     this._serveFollowers();
+    this._watchPage();
     await ready;
+  }
+
+  /**
+   * Leader: flush the group-flush window early when the page is hidden or unloaded (the
+   * moments a user or the OS is most likely to end it). Best effort: a killed tab keeps
+   * its commits anyway; this narrows the power-loss window.
+   */
+  _watchPage() {
+    if (typeof document === "undefined" || this._flushOnHide) return;
+    const flushNow = () => { this._rpc?.call("flush", {}).catch(() => {}); };
+    this._flushOnHide = () => { if (document.visibilityState === "hidden") flushNow(); };
+    this._flushOnPageHide = flushNow;
+    document.addEventListener("visibilitychange", this._flushOnHide);
+    window.addEventListener("pagehide", this._flushOnPageHide);
+  }
+
+  _unwatchPage() {
+    if (this._flushOnHide) document.removeEventListener("visibilitychange", this._flushOnHide);
+    if (this._flushOnPageHide) window.removeEventListener("pagehide", this._flushOnPageHide);
+    this._flushOnHide = this._flushOnPageHide = undefined;
   }
 
   /** @param {any} data */

@@ -166,3 +166,54 @@ def test_sqlite_every_journal_mode_survives_close_and_remount(
             "mode": EXPECTED_MODE[mode],
         }, mode
     r.close_opfs()
+
+
+GROUP_SETUP = r"""
+import sqlite3
+c = sqlite3.connect('/opfs/g.sqlite3', isolation_level=None)
+for p in opfs_storage.recommendedPragmas:
+    c.execute(p)
+c.execute('CREATE TABLE IF NOT EXISTS items(id INTEGER PRIMARY KEY, body TEXT)')
+def commit_one(body):
+    c.execute('BEGIN')
+    c.execute('INSERT INTO items(body) VALUES (?)', (body,))
+    c.execute('COMMIT')
+True
+"""
+
+
+def test_group_flush_coalesces_idle_flushes_and_flush_all_and_close_still_flush(
+    harness_page: HarnessPage, opfs_dir: str
+) -> None:
+    """flushDelayMs: one flush round per window instead of one per request (each w.run
+    is one request that returns to JavaScript); flushAll() flushes at once; close()
+    cancels the timer (and flushes every handle itself)."""
+    w = harness_page.start_worker("g")
+    w.mount(dir=opfs_dir, files=["g.sqlite3"], flushDelayMs=2000)
+    assert w.run(GROUP_SETUP) is True
+    w.stats(reset=True)
+    for i in range(20):
+        w.run(f"commit_one('row {i}')")
+    within = w.stats()
+    assert within["writes"] > 0
+    assert within["idleFlushes"] == 0  # all 20 requests inside one 2 s window
+    assert within["flushes"] <= within["barrierFlushes"]  # no idle flush yet
+    assert w.js("return ctx.storage.flushAll()") >= 1  # the WAL was dirty: flushed now
+    assert w.js("return ctx.storage.flushAll()") == 0
+    harness_page.page.wait_for_timeout(2300)
+    assert w.stats()["idleFlushes"] == 1  # the window's timer ran (nothing left to flush)
+    w.run("commit_one('last'); c.close()")
+    w.close_opfs()  # timer pending: cancelled, and the handles are flushed by close
+    harness_page.page.wait_for_timeout(200)
+    w.mount(dir=opfs_dir, files=["g.sqlite3"])
+    assert w.run(
+        "import sqlite3; c = sqlite3.connect('/opfs/g.sqlite3');"
+        "c.execute('SELECT count(*), max(body) FROM items').fetchone()"
+    ) == [21, "row 9"]
+    w.close_opfs()
+
+
+def test_group_flush_delay_is_checked(harness_page: HarnessPage, opfs_dir: str) -> None:
+    w = harness_page.start_worker("h")
+    with pytest.raises(Exception, match="flushDelayMs"):
+        w.mount(dir=opfs_dir, files=["h.sqlite3"], flushDelayMs=-1)

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tidesync.changes.browser_entry import _describe, conflicts_in, parse_pragmas
+from tidesync.changes.browser_entry import (
+    RequestRunner,
+    _describe,
+    conflicts_in,
+    decode_from_page,
+    encode_for_page,
+    parse_pragmas,
+)
 from tidesync.changes.worker import ChangesWorker
 
 
@@ -42,3 +53,115 @@ async def test_a_lost_edit_is_described_with_what_was_written_and_what_won(
     assert described["table"] == "projects" and described["operation"] == "insert"
     assert described["local"]["name"] == "mine" and described["row"]["name"] == "x"
     await worker.close()
+
+
+# --- the page boundary: JSON text when it is exact -------------------------------------------
+
+
+def test_replies_cross_as_json_text_when_json_carries_them_exactly() -> None:
+    reply = {"id": 7, "ok": True, "result": [{"id": "a", "n": 1.5, "none": None, "t": "é"}]}
+    text = encode_for_page(reply)
+    assert text is not None
+    assert json.loads(text) == reply
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"\x00blob", float("nan"), float("inf"), 2**53 + 1, -(2**60)],
+    ids=["bytes", "nan", "inf", "beyond-2**53", "negative-int64"],
+)
+def test_values_json_would_not_carry_exactly_take_the_structured_path(value: object) -> None:
+    assert encode_for_page({"id": 1, "ok": True, "result": [{"v": value}]}) is None
+
+
+def test_requests_arrive_as_json_text_or_objects_and_bad_text_is_an_error() -> None:
+    request = {"id": 3, "cmd": "insert", "args": {"table": "tasks", "row": {"id": "x"}}}
+    assert decode_from_page(json.dumps(request)) == request
+    with pytest.raises(ValueError):
+        decode_from_page("{not json")
+
+
+# --- RequestRunner: run to the end at once when nothing waits, in order otherwise ------------
+
+
+class _Stream:
+    """A RequestRunner over real asyncio tasks, recording what ran when."""
+
+    def __init__(self) -> None:
+        self.busy = False
+        self.log: list[str] = []
+        self.tasks: set[asyncio.Future[Any]] = set()
+        self.runner = RequestRunner(lambda: self.busy, self._spawn)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Future[Any]:
+        task: asyncio.Future[Any] = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    async def settle(self) -> None:
+        while self.tasks:
+            await asyncio.gather(*list(self.tasks))
+        await asyncio.sleep(0)  # the runner's done callbacks
+
+
+async def test_a_request_that_never_waits_is_done_before_run_returns() -> None:
+    s = _Stream()
+
+    async def quick(name: str) -> None:
+        s.log.append(name)
+
+    s.runner.run(quick("a"))
+    assert s.log == ["a"]
+    assert not s.tasks and s.runner.unfinished == 0
+
+
+async def test_a_request_that_waits_is_resumed_and_later_ones_start_after_it() -> None:
+    s = _Stream()
+    gate: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def waits() -> None:
+        s.log.append("first:start")
+        s.log.append("first:" + await gate)
+
+    async def quick(name: str) -> None:
+        s.log.append(name)
+
+    s.runner.run(waits())
+    s.runner.run(quick("second"))  # the first is unfinished: a task, started after it
+    assert s.log == ["first:start"]
+    assert s.runner.unfinished == 2
+    gate.set_result("end")
+    await s.settle()
+    assert sorted(s.log) == ["first:end", "first:start", "second"]
+    assert s.runner.unfinished == 0
+    s.runner.run(quick("third"))  # the stream is idle again: at once
+    assert s.log[-1] == "third"
+
+
+async def test_a_request_that_sleeps_zero_is_resumed() -> None:
+    s = _Stream()
+
+    async def yields() -> None:
+        await asyncio.sleep(0)
+        s.log.append("after")
+
+    s.runner.run(yields())
+    assert s.log == []
+    await s.settle()
+    assert s.log == ["after"]
+
+
+async def test_while_the_worker_is_busy_requests_become_tasks() -> None:
+    s = _Stream()
+    s.busy = True
+
+    async def quick(name: str) -> None:
+        s.log.append(name)
+
+    s.runner.run(quick("a"))
+    assert s.log == [] and s.runner.unfinished == 1
+    s.busy = False
+    s.runner.run(quick("b"))  # "a" is unfinished: "b" queues behind it
+    await s.settle()
+    assert s.log == ["a", "b"]

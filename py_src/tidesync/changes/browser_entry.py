@@ -16,16 +16,20 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
 from tidesync.changes.worker import ChangesWorker
 from tidesync.changes.worker_processor import handle_request
 from tidesync.schema import Schema
 
-__all__ = ["parse_pragmas", "start"]
+__all__ = ["RequestRunner", "decode_from_page", "encode_for_page", "parse_pragmas", "start"]
 
 log = logging.getLogger(__name__)
+
+# 16+ digits in a row may be an integer beyond 2**53, which JSON.parse would round (the
+# structured path gives the page a BigInt); such replies take that path.
+_LONG_NUMBER = re.compile(r"\d{16}")
 
 _PRAGMA_RE = re.compile(r"^\s*PRAGMA\s+([A-Za-z_]+)\s*=\s*([A-Za-z0-9_-]+)\s*;?\s*$", re.I)
 
@@ -39,6 +43,34 @@ def parse_pragmas(statements: Iterable[str]) -> dict[str, str]:
             raise ValueError(f"not a simple PRAGMA statement: {statement!r}")
         pragmas[match.group(1)] = match.group(2)
     return pragmas
+
+
+def encode_for_page(message: Mapping[str, Any]) -> str | None:
+    """``message`` as JSON text for the page, or None when JSON would not carry it exactly.
+
+    Why: one string crosses Python -> JS -> postMessage -> page ``JSON.parse`` much faster
+    than Pyodide's ``to_js`` builds a JS object per dict (the cost of every reply).  Bytes
+    (BLOBs), non-finite floats and integers JSON.parse would round are left to ``to_js``.
+    SQL NULL arrives as ``null`` either way in the page's JSON, ``undefined`` via ``to_js``.
+    """
+    try:
+        text = json.dumps(message, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError):
+        return None
+    return None if _LONG_NUMBER.search(text) else text
+
+
+def decode_from_page(raw: Any) -> Any:
+    """A request as the page sent it: JSON text (``tidesync.mjs``, plain values) or an object.
+
+    Raises ``ValueError`` for text that is not JSON; the result is checked by
+    ``worker_processor.command_from_dict`` like any other request.
+    """
+    if isinstance(raw, str):
+        return json.loads(raw)
+    from tidesync._pyodide import from_js
+
+    return from_js(raw)
 
 
 def conflicts_in(args: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -74,9 +106,11 @@ async def start(bridge: Any) -> None:
     proxies = ProxyGroup()
     tasks: set[asyncio.Future[Any]] = set()
     sync_status: dict[str, Any] = {}
+    storage = bridge.storage
 
     def to_page(message: dict[str, Any]) -> None:
-        bridge.post(to_js_value(message))
+        text = encode_for_page(message)
+        bridge.post(text if text is not None else to_js_value(message))
 
     def to_sync(message: dict[str, Any]) -> None:
         sync_port.postMessage(to_js_value(message))
@@ -100,6 +134,9 @@ async def start(bridge: Any) -> None:
             to_sync({"event": "set_online", "online": bool(args.get("online", True))})
             to_page({"id": ident, "ok": True, "result": None})
             return
+        if cmd == "flush":  # the page asks for power-loss durability now (hidden, unloading)
+            to_page({"id": ident, "ok": True, "result": int(storage.flushAll())})
+            return
         if cmd == "status":
             local = await worker.status()
             to_page({"id": ident, "ok": True, "result": {**sync_status, **_page_status(local)}})
@@ -117,15 +154,22 @@ async def start(bridge: Any) -> None:
             for lost in conflicts_in(data.get("args") or {}):
                 to_page({"event": "conflict", "change": await _describe(worker, lost)})
 
-    def spawn(coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
+    def spawn(coro: Coroutine[Any, Any, Any]) -> asyncio.Future[Any]:
+        task: asyncio.Future[Any] = asyncio.ensure_future(coro)
         tasks.add(task)
         task.add_done_callback(tasks.discard)
+        return task
+
+    page_run = RequestRunner(lambda: worker.busy, spawn)
+    sync_run = RequestRunner(lambda: worker.busy, spawn)
 
     def on_page_message(event: Any) -> None:
-        data = from_js(event.data)
+        try:
+            data = decode_from_page(event.data)
+        except ValueError:
+            data = None
         if isinstance(data, dict) and "cmd" in data:
-            spawn(page_request(data))
+            page_run.run(page_request(data))
         else:
             log.warning("ignoring a page message that is not a request")
 
@@ -134,7 +178,7 @@ async def start(bridge: Any) -> None:
         if not isinstance(data, dict):
             log.warning("ignoring a non-object message from the Sync Worker")
         elif "cmd" in data:
-            spawn(sync_request(data))
+            sync_run.run(sync_request(data))
         elif data.get("event") == "status":
             sync_status.clear()
             sync_status.update(data.get("status") or {})
@@ -151,6 +195,56 @@ async def start(bridge: Any) -> None:
             "timings": {"pyodideBoot": round(config.get("bootMillis") or 0), "dbOpen": opened_ms},
         }
     )
+
+
+class RequestRunner:
+    """Runs one stream's requests (the page's, or the Sync Worker's) in arrival order.
+
+    Why: a request handled as an asyncio task waits for the next turn of Pyodide's
+    event loop (a ``setTimeout`` hop and a JS callback made for it) before it starts.
+    Nearly every request never has to wait (the worker lock is free and nothing in
+    it sleeps), so it is run right here in the message handler, to its end.  When an
+    earlier request of the stream is still unfinished, or the worker is busy, it
+    becomes a task as before, so the stream's order holds; and should a request
+    suspend after all, a task resumes it once what it waits for is done.
+    """
+
+    def __init__(
+        self,
+        busy: Callable[[], bool],
+        spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Future[Any]],
+    ) -> None:
+        self._busy = busy
+        self._spawn = spawn
+        self.unfinished = 0  # requests of this stream handed to tasks, not done yet
+
+    def run(self, coro: Coroutine[Any, Any, None]) -> None:
+        if self.unfinished or self._busy():
+            self._as_task(coro)
+            return
+        try:
+            waiting = coro.send(None)
+        except StopIteration:
+            return
+        except Exception:  # the handlers turn errors into replies: this is a bug
+            log.exception("request failed")
+            return
+        self.unfinished += 1
+        if asyncio.isfuture(waiting):
+            # Suspended in Future.__await__: resumed (by a task's first step) once it is done.
+            waiting._asyncio_future_blocking = False
+            waiting.add_done_callback(lambda _done: self._as_task(coro, counted=True))
+        else:  # a bare ``yield`` (``sleep(0)``): a task's first step resumes it
+            self._as_task(coro, counted=True)
+
+    def _as_task(self, coro: Coroutine[Any, Any, None], *, counted: bool = False) -> None:
+        if not counted:
+            self.unfinished += 1
+        task = self._spawn(coro)
+        task.add_done_callback(self._done)
+
+    def _done(self, _task: asyncio.Future[Any]) -> None:
+        self.unfinished -= 1
 
 
 async def _describe(worker: ChangesWorker, lost: dict[str, Any]) -> dict[str, Any]:

@@ -118,6 +118,11 @@ class ChangesWorker:
         schema = Schema.from_sql(schema_sql) if schema_sql else Schema.demo()
         return cls(path, schema, **options)
 
+    @property
+    def busy(self) -> bool:
+        """A call holds the database (or applies server data) and others would wait for it."""
+        return self._lock.locked() or self._server_lock.locked()
+
     # --- listeners ----------------------------------------------------------------------------
 
     def on_local_change(self, callback: Callable[[], None]) -> Callable[[], None]:
