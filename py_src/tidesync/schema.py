@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import sqlite3
 from dataclasses import dataclass
+from functools import cached_property
 from importlib import resources
 from typing import Any
 
@@ -49,9 +50,12 @@ class Column:
     has_default: bool
     pk_index: int  # 0 when not part of the primary key, else 1-based position
 
-    @property
+    @cached_property
     def affinity(self) -> str:
-        """SQLite's type affinity rules (https://sqlite.org/datatype3.html 3.1)."""
+        """SQLite's type affinity rules (https://sqlite.org/datatype3.html 3.1).
+
+        Cached: every value of every server change is checked against it.
+        """
         t = self.declared_type.upper()
         if "INT" in t:
             return "INTEGER"
@@ -77,10 +81,11 @@ class TableInfo:
         return tuple(c.name for c in self.columns)
 
     def column(self, name: str) -> Column | None:
-        for col in self.columns:
-            if col.name == name:
-                return col
-        return None
+        return self._by_name.get(name)
+
+    @cached_property
+    def _by_name(self) -> dict[str, Column]:
+        return {col.name: col for col in self.columns}
 
     @property
     def has_updated_at(self) -> bool:

@@ -254,3 +254,37 @@ async def test_the_port_carries_one_json_string_per_chunk(worker: ChangesWorker)
     assert isinstance(sent[-1][1]["changes"], list)
     outcome = await port.commit_initial_sync(6)
     assert (outcome.applied, outcome.failed) == (3, 1)
+
+
+async def test_a_server_batch_crosses_the_port_as_one_json_string(worker: ChangesWorker) -> None:
+    """Catchup/live batches take the same one-string form; a bad string is refused clearly."""
+    sent: list[dict[str, Any]] = []
+
+    async def call(cmd: str, args: dict[str, Any]) -> Any:
+        sent.append(args)
+        reply = await handle_request(worker, {"id": 1, "cmd": cmd, "args": args})
+        if not reply["ok"]:
+            raise RuntimeError(reply["error"]["message"])
+        return reply["result"]
+
+    port = RemoteChangesPort(call)
+    batch = [
+        TableChange(
+            id=f"c{i}",
+            table="tasks",
+            operation=Operation.INSERT,
+            data=task(i),
+            updated_at=AT,
+            lsn=10 + i,
+        )
+        for i in range(3)
+    ]
+    outcome = await port.apply_server_changes(batch, 12, source="catchup")
+    assert isinstance(sent[-1]["changes_json"], str) and "changes" not in sent[-1]
+    assert (outcome.applied, outcome.lsn) == (3, 12)
+    assert [r["id"] for r in await rows(worker, "tasks")] == ["t0", "t1", "t2"]
+    with pytest.raises(RuntimeError, match="changes_json"):
+        await call("port.apply_server_changes", {"changes_json": "[{", "last_lsn": 20})
+    with pytest.raises(RuntimeError, match=r"changes_json\[0\]"):
+        await call("port.apply_server_changes", {"changes_json": "[5]", "last_lsn": 20})
+    assert (await worker.local_state()).lsn == 12
