@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from tidesync.changes.db import stored_clock
 from tidesync.changes.worker import ChangesWorker
 from tidesync.changes.writes import WriteError, WriteOp
 from tidesync.worker_sync.shared.hlc import parse_timestamp
@@ -235,4 +236,49 @@ async def test_an_older_local_changes_table_is_migrated_on_open(tmp_path: Path) 
     second = ChangesWorker(path, now_ms=fixed_clock())
     [change] = await changes(second)
     assert change["modified_at"] and "updated_at_row" not in change
+    await second.close()
+
+
+async def test_a_local_commit_persists_the_clock_in_ts_ctx_not_in_a_page_of_its_own(
+    tmp_path: Path,
+) -> None:
+    """The clock rides on ``_ts_ctx`` (written by every transaction anyway), so a local
+    write touches no ``sync_state`` page; reopened behind the wall clock, the clock is
+    still >= every time recorded in ``local_changes``."""
+    path = str(tmp_path / "client.db")
+    ticks = iter(range(T0, T0 + 1_000_000, 7))
+    first = ChangesWorker(path, now_ms=lambda: next(ticks))
+    for i in range(20):
+        await first.insert("projects", {"id": f"p{i}", "name": "P"})
+    await first.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT value FROM sync_state WHERE key = 'hlc_last'").fetchone() is None
+    recorded = max(
+        parse_timestamp(r[0]) for r in conn.execute("SELECT updated_at FROM local_changes")
+    )
+    assert stored_clock(conn) == recorded
+    conn.close()
+    second = ChangesWorker(path, now_ms=fixed_clock(T0 - 60_000))
+    await second.insert("projects", {"id": "late", "name": "P"})
+    newest = (await changes(second))[-1]["updated_at"]
+    assert parse_timestamp(newest) == recorded + 1
+    await second.close()
+
+
+async def test_a_database_from_before_ts_ctx_hlc_keeps_its_clock(tmp_path: Path) -> None:
+    path = str(tmp_path / "client.db")
+    first = ChangesWorker(path, now_ms=fixed_clock())
+    await first.insert("projects", {"id": "p1", "name": "P"})
+    await first.close()
+    # Make it look like an earlier version's file: no _ts_ctx.hlc, the clock in sync_state.
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("ALTER TABLE _ts_ctx DROP COLUMN hlc")
+    conn.execute(
+        "INSERT OR REPLACE INTO sync_state (key, value) VALUES ('hlc_last', ?)", (str(T0 + 5000),)
+    )
+    conn.close()
+    second = ChangesWorker(path, now_ms=fixed_clock(T0 - 60_000))
+    await second.insert("projects", {"id": "p2", "name": "P"})
+    newest = (await changes(second))[-1]["updated_at"]
+    assert parse_timestamp(newest) == T0 + 5001
     await second.close()

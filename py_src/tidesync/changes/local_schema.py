@@ -75,7 +75,8 @@ CREATE TABLE IF NOT EXISTS sync_state (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS _ts_ctx (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     applying INTEGER NOT NULL DEFAULT 0,
-    now TEXT
+    now TEXT,
+    hlc INTEGER NOT NULL DEFAULT 0
 );
 INSERT OR IGNORE INTO _ts_ctx (id, applying, now) VALUES (1, 0, NULL);
 """
@@ -198,10 +199,14 @@ def migrate_local_tables(conn: sqlite3.Connection) -> None:
 
     Run before ``LOCAL_DDL``: early databases named ``modified_at``
     ``updated_at_row``; the rename keeps their history (no rows are rewritten).
+    ``_ts_ctx.hlc`` (the persisted clock) is added to databases made before it.
     """
     columns = {row[1] for row in conn.execute("PRAGMA table_info(local_changes)")}
     if "updated_at_row" in columns and "modified_at" not in columns:
         conn.execute("ALTER TABLE local_changes RENAME COLUMN updated_at_row TO modified_at")
+    ctx_columns = {row[1] for row in conn.execute("PRAGMA table_info(_ts_ctx)")}
+    if ctx_columns and "hlc" not in ctx_columns:
+        conn.execute("ALTER TABLE _ts_ctx ADD COLUMN hlc INTEGER NOT NULL DEFAULT 0")
 
 
 def install_triggers(conn: sqlite3.Connection, schema: Schema) -> None:

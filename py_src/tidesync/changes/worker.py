@@ -25,7 +25,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from contextlib import asynccontextmanager
 from typing import Any
 
-from tidesync.changes.db import get_state, open_connection, set_state, write_transaction
+from tidesync.changes.db import (
+    get_state,
+    open_connection,
+    set_state,
+    stored_clock,
+    write_transaction,
+)
 from tidesync.changes.direct_sql_processor import DirectSqlProcessor
 from tidesync.changes.initial_sync import InitialSync, clear_synced_rows
 from tidesync.changes.listeners import Listeners
@@ -99,7 +105,7 @@ class ChangesWorker:
         self._result_listeners: Listeners[[str, Rows]] = Listeners()
         self.client_id = ""
         self.client_id = prepare_database(self._conn, self.schema)
-        self._hlc.last = int(get_state(self._conn, "hlc_last") or 0)
+        self._hlc.last = stored_clock(self._conn)
         self._processor = DirectSqlProcessor(
             self._conn, self.schema, self.client_id, self._observe_time
         )
@@ -187,9 +193,8 @@ class ChangesWorker:
         """``async with worker.transaction() as tx``: commit at the end, roll back on error."""
         async with self._lock:
             before = self._max_seq()
-            with write_transaction(self._conn, applying=False):
+            with write_transaction(self._conn, applying=False, clock=self._clock):
                 yield Transaction(self._writer, self._conn)
-                set_state(self._conn, "hlc_last", self._hlc.last)
             tables = [
                 r[0]
                 for r in self._conn.execute(
@@ -431,6 +436,9 @@ class ChangesWorker:
         return int(
             self._conn.execute("SELECT COALESCE(max(seq), 0) FROM local_changes").fetchone()[0]
         )
+
+    def _clock(self) -> int:
+        return self._hlc.last
 
     def _observe_time(self, millis: int) -> int:
         self._hlc.observe(millis)
