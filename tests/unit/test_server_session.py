@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tidesync.server.hub import Hub
-from tidesync.server.session import Phase, Session, SessionConfig, open_session
+from tidesync.server.session import Output, Phase, Session, SessionConfig, open_session
 from tidesync.server.store import Store
 from tidesync.worker_sync.shared import message_types as mt
 from tidesync.worker_sync.shared.message_types import Operation, TableChange, encode_message
@@ -258,3 +260,72 @@ def test_a_server_without_the_extension_answers_unknown_type_like_an_old_one(
     (error,) = session.receive(encode_message(request), NOW).messages
     assert isinstance(error, mt.SrvError)
     assert (error.code, error.ref_message_id) == ("unknown_type", request.message_id)
+
+
+def test_one_encoding_of_a_live_batch_serves_every_session(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fan-out encodes a batch once; each session's frame carries the same changes."""
+    hub = _hub(tmp_path)
+    listeners = [_live(hub, f"l{i}") for i in range(5)]
+    author = _live(hub, "author")
+    encodes: list[int] = []
+    encode_changes = mt.encode_changes
+    monkeypatch.setattr(
+        mt,
+        "encode_changes",
+        lambda changes: encodes.append(len(changes)) or encode_changes(changes),
+    )
+    _write(hub, "author", 2)
+    _write(hub, "other", 1)
+    frames = [encode_message(m) for s in listeners for m in s.history_available(NOW).messages]
+    assert encodes == [3]  # once for five sessions
+    decoded = [json.loads(f) for f in frames]
+    assert {d["type"] for d in decoded} == {"srv_live_changes"}
+    assert len({json.dumps(d["changes"]) for d in decoded}) == 1  # identical changes
+    assert len({d["lastLSN"] for d in decoded}) == 1
+    assert [d["clientId"] for d in decoded] == [f"l{i}" for i in range(5)]  # each its own
+    for frame in frames:  # the spliced frame is what the normal encoder writes
+        message = mt.decode_message(frame, expect="srv")
+        assert isinstance(message, mt.SrvLiveChanges) and message.changes_json is None
+        assert encode_message(message) == frame
+    # The author's session filters its own changes out and does not use the shared text.
+    (own,) = author.history_available(NOW).messages
+    assert isinstance(own, mt.SrvLiveChanges) and own.changes_json is None
+    assert [c.client_id for c in own.changes] == ["other"]
+
+
+def test_only_file_reads_are_blocking_steps(tmp_path: Path) -> None:
+    """The driver runs heartbeats, acks and the live pump on its loop (no thread hop)."""
+    hub = _hub(tmp_path)
+    session = _live(hub, "c")
+    heartbeat = session.parse(_frame(mt.CltHeartbeat, "c", lsn=0), NOW)
+    assert isinstance(heartbeat, mt.CltHeartbeat) and not session.blocking(heartbeat)
+    ack = session.parse(_frame(mt.CltChangesApplied, "c", change_ids=(), last_lsn=0), NOW)
+    assert isinstance(ack, mt.Message) and not session.blocking(ack)
+    assert not session.live_blocking()
+    send = session.parse(_frame(mt.CltSendChanges, "c", changes=()), NOW)
+    assert isinstance(send, mt.Message) and session.blocking(send)
+    checksums = session.parse(_frame(mt.CltRequestChecksums, "c"), NOW)
+    assert isinstance(checksums, mt.Message) and session.blocking(checksums)
+    bad = session.parse("{", NOW)
+    assert isinstance(bad, Output) and bad.messages[0].code == "invalid_json"  # type: ignore[attr-defined]
+
+
+def test_a_cursor_behind_the_ring_reads_the_file_in_a_thread(tmp_path: Path) -> None:
+    hub = _hub(tmp_path)
+    hub.ring_size = 2
+    session = _live(hub, "behind", SessionConfig(live_window=1, live_batch_rows=1))
+    _write(hub, "other", 3, "a")
+    assert not session.live_blocking()  # the ring still covers its cursor
+    (first,) = session.history_available(NOW).messages  # window of one: now paused
+    for prefix in "bc":  # the ring moves on past the paused session
+        _write(hub, "other", 3, prefix)
+    assert session.live_blocking()
+    ack = session.parse(
+        _frame(mt.CltChangesApplied, "behind", change_ids=(), last_lsn=first.last_lsn),  # type: ignore[attr-defined]
+        NOW,
+    )
+    assert isinstance(ack, mt.Message) and session.blocking(ack)
+    (second,) = session.handle(ack, NOW).messages  # served from the file: no gap
+    assert second.changes[0].lsn == first.last_lsn + 1  # type: ignore[attr-defined]

@@ -222,6 +222,31 @@ async def test_change_committed_while_live_is_sent_after_notify() -> None:
     await w.stop()
 
 
+async def test_local_change_goes_out_before_its_attempt_is_counted() -> None:
+    """Nothing in flight: the batch is sent at once; ``mark_sent`` (a write) comes after."""
+    port, net = FakePort(lsn=5), FakeNetwork()
+    w = worker(port, net)
+    await w.start()
+    sock = await net.next_socket()
+    await go_live(sock)
+    await w.wait_until_synced(WAIT)
+    counted_after_send: list[bool] = []
+    mark_sent = port.mark_sent
+
+    async def checking_mark_sent(change_ids: Any) -> None:
+        counted_after_send.append(not sock.outbox.empty())
+        await mark_sent(change_ids)
+
+    port.mark_sent = checking_mark_sent  # type: ignore[method-assign]
+    port.add_local("new")
+    w.notify_local_change()
+    sent = await sock.expect(CltSendChanges)
+    assert [c.id for c in sent.changes] == ["new"]
+    await until(w, lambda s: port.called("mark_sent"))
+    assert port.called("mark_sent") == [["new"]] and counted_after_send == [True]
+    await w.stop()
+
+
 async def test_batch_in_flight_is_resent_after_reconnect() -> None:
     port, net = FakePort(lsn=5), FakeNetwork()
     port.add_local("L0")

@@ -151,6 +151,35 @@ async def test_a_table_repair_crosses_the_channel_like_an_initial_sync(
     assert not reply["ok"] and "tables" in reply["error"]["message"]
 
 
+async def test_server_time_is_posted_one_way_in_order_and_only_when_it_grows(
+    worker: ChangesWorker,
+) -> None:
+    """With ``notify``, observing a server time is not a round trip on the live path."""
+    queued: list[dict[str, Any]] = []  # the channel: FIFO, one-way posts and calls alike
+    waited: list[str] = []
+
+    async def over_the_channel(cmd: str, args: dict[str, Any]) -> Any:
+        waited.append(cmd)
+        while queued:  # what was posted earlier is handled first
+            assert "id" not in (one_way := queued.pop(0))
+            assert (await handle_request(worker, one_way))["ok"]
+        return (await handle_request(worker, {"id": 1, "cmd": cmd, "args": args}))["result"]
+
+    port = RemoteChangesPort(
+        over_the_channel, lambda cmd, args: queued.append({"cmd": cmd, "args": args})
+    )
+    far_ahead = 1_900_000_000_000
+    await port.observe_server_time(far_ahead)
+    await port.observe_server_time(far_ahead - 5)  # older: the clock keeps its maximum anyway
+    await port.observe_server_time(far_ahead)
+    assert queued == [{"cmd": "port.observe_server_time", "args": {"millis": far_ahead}}]
+    assert waited == []  # nothing waited for an answer
+    await port.local_state()
+    await worker.insert("projects", {"id": "p1", "name": "P"})
+    [change] = await port.unsynced_changes(10)
+    assert change.updated_at >= "2030-03-17T17:46:40.000Z"  # the posted time fed the clock
+
+
 async def test_live_query_subscription_sees_writes(worker: ChangesWorker) -> None:
     seen: list[tuple[str, Any]] = []
     worker.on_query_result(lambda sub_id, rows: seen.append((sub_id, rows)))

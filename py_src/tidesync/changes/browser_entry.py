@@ -149,6 +149,10 @@ async def start(bridge: Any) -> None:
 
     async def sync_request(data: dict[str, Any]) -> None:
         reply = await handle_request(worker, data)
+        if data.get("id") is None:  # a one-way call (``PortRpc.post``): nobody waits
+            if not reply.get("ok"):
+                log.warning("one-way %s failed: %s", data.get("cmd"), reply.get("error"))
+            return
         to_sync(reply)
         if data.get("cmd") == "port.record_results" and reply.get("ok"):
             for lost in conflicts_in(data.get("args") or {}):

@@ -1,11 +1,17 @@
 """The ASGI app: ``/api/sync`` (WebSocket), ``/api/health``, and the static site.
 
 The WebSocket endpoint only moves frames: each connection runs one ``Session``
-(sans-I/O) under its own lock, calling it in a worker thread (SQLite work
-stays off the event loop), and hands the encoded output to a bounded outbox
-drained by that connection's writer task.  Nothing here awaits a socket while
-holding anything shared, so one slow client never stalls the others; a client
-whose outbox overflows is closed with 1013 and catches up on reconnect.
+(sans-I/O) under its own lock and hands the encoded output to a bounded outbox
+drained by that connection's writer task.  Steps that may touch the database
+file (``Session.blocking``: applying changes, snapshots, catchup) run in a
+worker thread, so SQLite work stays off the event loop; the rest (heartbeats,
+acknowledgements, ticks, and the live fan-out, served from the hub's ring) run
+on the loop itself: a thread hop per message and per session was what bounded
+the fan-out.  History growth reaches every live session in one pass over the
+subscribers, each sending the hub's shared batch at once.  Nothing here awaits
+a socket while holding anything shared, so one slow client never stalls the
+others; a client whose outbox overflows is closed with 1013 and catches up on
+reconnect.
 """
 
 from __future__ import annotations
@@ -112,18 +118,57 @@ class _Connection:
             self.outbox.get_nowait()
         self.outbox.put_nowait((code, reason))
 
-    async def run_session(self, step: Any, *args: Any) -> None:
-        """Run ``step(*args)`` on the session in a thread; queue what it returns."""
+    @staticmethod
+    def _call(step: Any, *args: Any) -> tuple[list[str], Output]:
+        output: Output = step(*args)
+        return [encode_message(m) for m in output.messages], output
+
+    async def run_session(self, blocking: bool, step: Any, *args: Any) -> None:
+        """Run ``step(*args)`` on the session (in a thread when ``blocking``); queue its output.
+
+        The lock keeps steps of one session strictly one at a time: a step on
+        the loop never yields inside, a step in a thread holds the lock.
+        """
         async with self.lock:
             session = self.session
             if session is None or self.closing:
                 return
+            if blocking:
+                texts, output = await asyncio.to_thread(self._call, step, *args)
+            else:
+                texts, output = self._call(step, *args)
+        self.push(texts, output)
 
-            def call() -> tuple[list[str], Output]:
-                output: Output = step(*args)
-                return [encode_message(m) for m in output.messages], output
+    async def on_frame(self, data: str | bytes) -> None:
+        """One frame: checked on the loop, handled on the loop or in a thread."""
+        async with self.lock:
+            session = self.session
+            if session is None or self.closing:
+                return
+            now = _now_ms()
+            parsed = session.parse(data, now)
+            if isinstance(parsed, Output):
+                texts, output = self._call(lambda: parsed)
+            elif session.blocking(parsed):
+                texts, output = await asyncio.to_thread(self._call, session.handle, parsed, now)
+            else:
+                texts, output = self._call(session.handle, parsed, now)
+        self.push(texts, output)
+        self.state.hub.announce()  # after the author's answer (see ``Hub.announce``)
 
-            texts, output = await asyncio.to_thread(call)
+    def history_grew(self) -> None:
+        """Hub callback (on the loop): send the new live batch now when that is cheap.
+
+        A session busy in a step, or one whose cursor fell behind the hub's
+        ring, gets its event set instead and catches up in its own task.
+        """
+        session = self.session
+        if session is None or self.closing:
+            return
+        if self.lock.locked() or session.live_blocking():
+            self.wake.set()
+            return
+        texts, output = self._call(session.history_available, _now_ms())
         self.push(texts, output)
 
     async def writer(self) -> None:
@@ -145,21 +190,23 @@ class _Connection:
             data = message.get("text")
             if data is None:
                 data = message.get("bytes") or b""
-            await self.run_session(self.session.receive, data, _now_ms())
+            await self.on_frame(data)
 
     async def notified(self) -> None:
-        assert self.session is not None
+        session = self.session
+        assert session is not None
         while True:
             await self.wake.wait()
             self.wake.clear()
-            await self.run_session(self.session.history_available, _now_ms())
+            await self.run_session(session.live_blocking(), session.history_available, _now_ms())
 
     async def ticker(self) -> None:
-        assert self.session is not None
+        session = self.session
+        assert session is not None
         while True:
-            delay = max(0.05, (self.session.next_deadline - _now_ms()) / 1000.0)
+            delay = max(0.05, (session.next_deadline - _now_ms()) / 1000.0)
             await asyncio.sleep(min(delay, 1.0))
-            await self.run_session(self.session.tick, _now_ms())
+            await self.run_session(False, session.tick, _now_ms())
 
 
 async def _sync_endpoint(ws: WebSocket) -> None:
@@ -186,7 +233,7 @@ async def _sync_endpoint(ws: WebSocket) -> None:
         old.session = None
         old.force_close(4409, "replaced by a newer connection")
     conn.push([encode_message(m) for m in output.messages], output)
-    key = state.hub.subscribe(conn.wake.set)
+    key = state.hub.subscribe(conn.history_grew)
     tasks = [
         asyncio.create_task(conn.writer()),
         asyncio.create_task(conn.reader()),

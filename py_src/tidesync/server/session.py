@@ -1,10 +1,14 @@
 """One client connection as a sans-I/O state machine (PROTOCOL.md "Phases of a connection").
 
 No socket and no clock inside: the driver (``app.py``) feeds it frames
-(``receive``), the news that history grew (``history_available``) and the time
-(``tick``), and sends the ``Output`` it gets back, closing the socket when
-``close_code`` is set.  Data comes from a ``SessionSource`` (the hub), whose
-calls are local SQLite reads and the one write path (``apply``).
+(``receive``, or ``parse`` then ``handle``), the news that history grew
+(``history_available``) and the time (``tick``), and sends the ``Output`` it
+gets back, closing the socket when ``close_code`` is set.  Data comes from a
+``SessionSource`` (the hub), whose calls are local SQLite reads, reads of its
+in-memory ring, and the one write path (``apply``).  ``blocking`` and
+``live_blocking`` tell the driver which steps may touch the file (those go to a
+thread; the rest, heartbeats, acknowledgements and the live fan-out, are
+cheap enough to run on the event loop, with no thread hop per message).
 
 Phases::
 
@@ -75,6 +79,11 @@ _ANY_PHASE = {
     mt.MessageType.CLT_HEARTBEAT,
     mt.MessageType.CLT_ERROR,
     mt.MessageType.CLT_REQUEST_CHECKSUMS,
+    mt.MessageType.CLT_CHANGES_RECEIVED,
+}
+_NEVER_BLOCKS = {
+    mt.MessageType.CLT_HEARTBEAT,
+    mt.MessageType.CLT_ERROR,
     mt.MessageType.CLT_CHANGES_RECEIVED,
 }
 _PHASE_ONLY = {
@@ -179,7 +188,15 @@ class Session:
         return Output(tuple(self._begin_catchup(self.client_lsn, now_ms)))
 
     def receive(self, text: str | bytes, now_ms: int) -> Output:
-        """One frame from the client."""
+        """One frame from the client: ``parse`` and, when it is acceptable, ``handle``."""
+        parsed = self.parse(text, now_ms)
+        return parsed if isinstance(parsed, Output) else self.handle(parsed, now_ms)
+
+    def parse(self, text: str | bytes, now_ms: int) -> Message | Output:
+        """Limits, decoding, clientId and phase checks: the message, or what to answer.
+
+        Pure CPU (no source call), so the driver can always run it on its loop.
+        """
         self.last_heard = now_ms
         if self.phase is Phase.CLOSED:
             return Output()
@@ -204,9 +221,33 @@ class Session:
         if message.type not in _ANY_PHASE and wanted is not self.phase:
             text_ = f"{message.type.value} does not fit phase {self.phase.value}"
             return self._error(ErrorCode.OUT_OF_PHASE, text_, message.message_id, now_ms)
+        return message
+
+    def handle(self, message: Message, now_ms: int) -> Output:
+        """A message ``parse`` accepted."""
+        if self.phase is Phase.CLOSED:
+            return Output()
         handler = getattr(self, f"_on_{message.type.value}")
         result: Output = handler(message, now_ms)
         return result
+
+    def blocking(self, message: Message) -> bool:
+        """Whether ``handle(message)`` may read or write the database file.
+
+        Heartbeats, errors and receipts never do; an acknowledgement of live
+        changes only pumps the next batch, from memory unless this session's
+        cursor fell behind the hub's ring.  Everything else (applying changes,
+        snapshots, catchup, checksums) does.
+        """
+        if message.type in _NEVER_BLOCKS:
+            return False
+        if message.type is mt.MessageType.CLT_CHANGES_APPLIED:
+            return self.live_blocking()
+        return True
+
+    def live_blocking(self) -> bool:
+        """Whether ``history_available`` may read the file (the cursor is behind the ring)."""
+        return self.phase is Phase.LIVE and not self.source.in_memory(self.cursor)
 
     def history_available(self, now_ms: int) -> Output:
         """New history rows exist; a live session sends what its window allows."""
@@ -378,19 +419,36 @@ class Session:
         return tuple(r.to_change() for r in rows if r.client_id != self.client_id)
 
     def _pump_live(self, now_ms: int) -> list[Message]:
+        """Send what the window allows, at once: nothing here waits to batch.
+
+        Batching adapts to load by itself: an idle session sends each commit as
+        it arrives; a busy one (window full) resumes on its acknowledgement with
+        everything committed meanwhile, up to ``live_batch_rows`` per batch.
+        """
         self._now = now_ms
         out: list[Message] = []
         if self._resync is not None:
             return out  # paused until the re-sync is complete (module docstring)
         own_only_to = 0
         while len(self._live_unacked) < self.config.live_window:
-            rows = self.source.history(self.cursor, self.config.live_batch_rows)
-            if not rows:
+            batch = self.source.live_batch(self.cursor, self.config.live_batch_rows)
+            if batch is None:
                 break
-            self.cursor = rows[-1].lsn
-            changes = self._filter(rows)
+            self.cursor = batch.last_lsn
+            if self.client_id in batch.authors:
+                changes = tuple(c for c in batch.changes if c.client_id != self.client_id)
+                shared = None
+            else:
+                changes, shared = batch.changes, batch.encoded()
             if changes:
-                out.append(self._make(mt.SrvLiveChanges, changes=changes, last_lsn=self.cursor))
+                out.append(
+                    self._make(
+                        mt.SrvLiveChanges,
+                        changes=changes,
+                        last_lsn=self.cursor,
+                        changes_json=shared,
+                    )
+                )
                 self._live_unacked.append(self.cursor)
                 own_only_to = 0
             else:

@@ -7,7 +7,7 @@ without the state machine, and so each module stays small.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
@@ -21,6 +21,7 @@ __all__ = [
     "CLOSE_NORMAL",
     "CLOSE_PROTOCOL",
     "CLOSE_REPLACED",
+    "LiveBatch",
     "Output",
     "Phase",
     "SessionConfig",
@@ -41,12 +42,40 @@ class Phase(StrEnum):
     CLOSED = "closed"
 
 
+@dataclass
+class LiveBatch:
+    """History rows ``(after, last_lsn]`` as changes, shared by every live session at ``after``.
+
+    Live sessions mostly sit at the same cursor, so the hub builds one batch per
+    cursor and every session sends it; ``encoded()`` runs the JSON encoding once
+    for all of them.  A session whose client wrote some of the rows (``authors``)
+    filters its own changes out and encodes its smaller batch itself.
+    """
+
+    last_lsn: int
+    changes: tuple[mt.TableChange, ...]
+    authors: frozenset[str | None]
+    _json: str | None = field(default=None, repr=False)
+
+    def encoded(self) -> str:
+        # Two threads may both encode once: the same text, no lock needed.
+        if self._json is None:
+            self._json = mt.encode_changes(self.changes)
+        return self._json
+
+
 class SessionSource(Protocol):
-    """What a session reads and writes; ``hub.ServerSource`` implements it."""
+    """What a session reads and writes; ``hub.Hub`` implements it."""
 
     def current_lsn(self) -> int: ...
     def open_snapshot(self) -> Snapshot: ...
     def history(self, after: int, limit: int, upto: int | None = None) -> list[HistoryRow]: ...
+    def live_batch(self, after: int, limit: int) -> LiveBatch | None:
+        """The next live batch past ``after`` (at most ``limit`` rows), None when none."""
+
+    def in_memory(self, after: int) -> bool:
+        """``history``/``live_batch`` past ``after`` is served from memory (no file read)."""
+
     def count_history(self, after: int, upto: int) -> int: ...
     def apply(self, client_id: str, changes: Sequence[mt.TableChange]) -> list[mt.ChangeResult]: ...
     def checksums(self, tables: Sequence[str]) -> tuple[int, dict[str, str]]: ...

@@ -79,6 +79,7 @@ __all__ = [
     "SrvTableChecksums",
     "TableChange",
     "decode_message",
+    "encode_changes",
     "encode_message",
     "make",
     "new_message_id",
@@ -533,6 +534,10 @@ class SrvLiveChanges(Message):
     TYPE: ClassVar[MessageType] = MessageType.SRV_LIVE_CHANGES
     changes: tuple[TableChange, ...] = _wire("changes", _dec_changes, _enc_changes)
     last_lsn: int = _wire("lastLSN", _dec_lsn, format_lsn)
+    # Not on the wire: ``changes`` already encoded (``encode_changes``).  The server's
+    # fan-out sends one batch to every live session; encoding it once and splicing
+    # the text into each session's frame keeps that cost independent of the sessions.
+    changes_json: str | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -795,8 +800,33 @@ def decode_message(text: str | bytes, *, expect: str | None = None) -> Message:
     return cls(**values)
 
 
+def encode_changes(changes: Sequence[TableChange]) -> str:
+    """A ``changes`` array as JSON text, exactly as ``encode_message`` writes it."""
+    return json.dumps(
+        _enc_changes(tuple(changes)), separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+
+
+def _encode_live_spliced(message: SrvLiveChanges, changes_json: str) -> str:
+    """``encode_message`` for a live batch whose changes are already encoded."""
+    head = json.dumps(
+        {
+            "type": message.TYPE.value,
+            "clientId": message.client_id,
+            "messageId": message.message_id or new_message_id(),
+            "timestamp": message.timestamp or int(time.time() * 1000),
+        },
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    last = json.dumps(format_lsn(message.last_lsn))
+    return f'{head[:-1]},"changes":{changes_json},"lastLSN":{last}}}'
+
+
 def encode_message(message: Message) -> str:
     """The wire text of ``message`` (fills ``messageId`` and ``timestamp`` when unset)."""
+    if isinstance(message, SrvLiveChanges) and message.changes_json is not None:
+        return _encode_live_spliced(message, message.changes_json)
     body: dict[str, Any] = {"type": message.TYPE.value}
     body.update(_encode_fields(message))
     if not body.get("messageId"):

@@ -32,6 +32,8 @@ __all__ = ["PORT_PREFIX", "RemoteChangesPort", "dispatch_port_call", "is_port_ca
 
 PORT_PREFIX = "port."
 Call = Callable[[str, dict[str, Any]], Awaitable[Any]]
+#: Posts a port call without waiting for (or getting) an answer.
+Notify = Callable[[str, dict[str, Any]], None]
 
 
 def is_port_call(cmd: object) -> bool:
@@ -115,10 +117,20 @@ class RemoteChangesPort:
 
     LSNs travel as integers (JS numbers are exact up to 2**53, far beyond any
     log this server will write).
+
+    With ``notify`` (a one-way post on the same ordered channel),
+    ``observe_server_time`` does not wait for an answer: it runs for every
+    server frame, and a round trip for it would sit on the live path in front
+    of every ``apply_server_changes``.  The channel is FIFO and the Changes
+    side handles calls in arrival order, so the clock is fed before any call
+    posted after it; a time not above one already posted is not sent at all
+    (the clock only ever takes the maximum).
     """
 
-    def __init__(self, call: Call) -> None:
+    def __init__(self, call: Call, notify: Notify | None = None) -> None:
         self._call = call
+        self._notify = notify
+        self._observed = 0
 
     async def local_state(self) -> LocalState:
         raw = await self._call("port.local_state", {})
@@ -130,7 +142,11 @@ class RemoteChangesPort:
         )
 
     async def observe_server_time(self, millis: int) -> None:
-        await self._call("port.observe_server_time", {"millis": millis})
+        if self._notify is None:
+            await self._call("port.observe_server_time", {"millis": millis})
+        elif millis > self._observed:
+            self._observed = millis
+            self._notify("port.observe_server_time", {"millis": millis})
 
     async def begin_initial_sync(self, server_lsn: int) -> None:
         await self._call("port.begin_initial_sync", {"server_lsn": server_lsn})

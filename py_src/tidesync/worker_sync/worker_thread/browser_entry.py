@@ -56,6 +56,12 @@ class PortRpc:
         self._port.postMessage(to_js_value({"id": ident, "cmd": cmd, "args": args}))
         return await future
 
+    def post(self, cmd: str, args: dict[str, Any]) -> None:
+        """A call nobody waits for: without an ``id`` the Changes Worker sends no answer."""
+        from tidesync._pyodide import to_js_value
+
+        self._port.postMessage(to_js_value({"cmd": cmd, "args": args}))
+
     def notify(self, event: dict[str, Any]) -> None:
         from tidesync._pyodide import to_js_value
 
@@ -166,7 +172,7 @@ async def start(bridge: Any) -> None:
             stopping.add(asyncio.ensure_future(worker.stop()))
 
     rpc = PortRpc(bridge.changesPort, on_event)
-    port = RemoteChangesPort(rpc.call)
+    port = RemoteChangesPort(rpc.call, rpc.post)
     worker = SyncWorker(
         port,
         BrowserWebSocketTransport,

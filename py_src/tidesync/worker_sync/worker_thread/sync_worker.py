@@ -492,7 +492,14 @@ class SyncWorker:
         await self._execute(self._cm.restart(self._clock(), "integrity repair"))
 
     async def _flush(self) -> None:
-        """Send the next batch of local changes when live and nothing is in flight."""
+        """Send the next batch of local changes when live and nothing is in flight.
+
+        The frame goes out before ``mark_sent`` counts the attempt: counting is a
+        write transaction on the Changes side, and waiting for it first would
+        put a commit on the path of every change to the server.  An attempt
+        left uncounted (the connection dropped in between) only shows one
+        ``attempts`` fewer; ``start_batch`` already marked the batch in flight.
+        """
         if not (self._cm.connected and self._proc.phase is SyncPhase.LIVE):
             return
         if self._repair.blocks_sending:
@@ -510,9 +517,9 @@ class SyncWorker:
             timestamp=self._wall_ms(),
             changes=batch,
         )
-        await self._port.mark_sent([change.id for change in batch])
         log.debug("sending %d local change(s)", len(batch))
         await self._send(message)
+        await self._port.mark_sent([change.id for change in batch])
 
     # --- the socket ---------------------------------------------------------------------------
 
