@@ -5,7 +5,8 @@ Layout produced::
 
     _site/
       index.html ...          copied from web_demo/ (the demo page, if any)
-      manifest.json           {"pyodide", "wheel": "wheels/<file>.whl", "version"}
+      manifest.json           {"pyodide", "wheel": "wheels/<file>.whl", "wheelSha256",
+                              "version", "files"}
       pyodide/                pyodide.mjs, pyodide.asm.mjs, pyodide.asm.wasm,
                               python_stdlib.zip, pyodide-lock.json (npm package, pinned)
       wheels/tidesync-*.whl   the pure-Python wheel built from this repository
@@ -224,6 +225,9 @@ def main() -> int:
     manifest = {
         "pyodide": PYODIDE_VERSION,
         "wheel": f"wheels/{wheel.name}",
+        # Keys the workers' Pyodide memory snapshot (js_shim/boot.mjs): a snapshot taken
+        # with another wheel's modules imported must never be restored.
+        "wheelSha256": sha256_file(wheel),
         "version": hash_inputs(version_inputs)[:16],
         "files": [f for f in shell if not f.endswith((".py", ".md"))],
     }

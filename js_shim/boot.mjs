@@ -52,29 +52,179 @@ export function messageInbox(target) {
   };
 }
 
+/** Cache Storage cache that holds the boot snapshot (one entry: the current one). */
+export const SNAPSHOT_CACHE = "tidesync-pyodide-snapshot";
+/**
+ * Bumped whenever what a snapshot holds changes without the wheel changing (the modules
+ * imported before it is taken, the boot steps below): it is part of the cache key.
+ */
+const SNAPSHOT_FORMAT = 1;
+/**
+ * Imported before a snapshot is taken: everything either worker imports to start, so a
+ * worker booted from the snapshot imports nothing from source.
+ */
+const SNAPSHOT_MODULES = [
+  "tidesync._pyodide",
+  "tidesync.changes.browser_entry",
+  "tidesync.worker_sync.worker_thread.browser_entry",
+];
+
+/**
+ * @typedef {Object} BootOptions
+ * @property {boolean} [useSnapshot] boot from the stored memory snapshot when there is a
+ *   valid one for this Pyodide and this wheel (falls back to a normal boot otherwise)
+ * @property {boolean} [makeSnapshot] after a normal boot, take a snapshot and store it
+ *   (`pyodide.snapshotStored` settles when it is stored, or failed to be)
+ */
+
+/**
+ * @typedef {Object} BootInfo
+ * @property {"loaded"|"made"|"none"|"failed"} snapshot how this boot used the snapshot:
+ *   booted from it, took a new one, neither, or a stored one failed to load (normal boot)
+ * @property {number} millis whole boot, ms
+ * @property {string} [error] why a stored snapshot was not used / could not be stored
+ */
+
+/**
+ * Where the snapshot for this site's Pyodide and wheel is stored (a Cache Storage key;
+ * nothing is served there). Keyed by the wheel's SHA-256, so a new wheel never boots
+ * from the old wheel's interpreter state; null when the manifest predates the hash.
+ * @param {string} siteBase @param {{pyodide?: string, wheelSha256?: string}} manifest
+ */
+export function snapshotKey(siteBase, manifest) {
+  if (!manifest.wheelSha256 || !manifest.pyodide) return null;
+  return new URL(
+    `.tidesync-snapshot/${SNAPSHOT_FORMAT}/${manifest.pyodide}/${manifest.wheelSha256}`,
+    siteBase,
+  ).href;
+}
+
+/** Cache Storage exists only in secure contexts (https, localhost). */
+function snapshotCache() {
+  return typeof caches === "undefined" ? null : caches.open(SNAPSHOT_CACHE);
+}
+
+/** @param {string} key @returns {Promise<Uint8Array|null>} */
+async function readSnapshot(key) {
+  const cache = await snapshotCache();
+  const hit = cache && (await cache.match(key));
+  if (!hit) return null;
+  const bytes = new Uint8Array(await hit.arrayBuffer());
+  // A put is atomic, but check the length anyway: a short heap would boot a broken Python.
+  if (String(bytes.length) !== hit.headers.get("x-tidesync-snapshot-bytes")) {
+    await cache?.delete(key);
+    return null;
+  }
+  return bytes;
+}
+
+/** Store `bytes` under `key` and drop every other (stale) snapshot. @param {string} key @param {Uint8Array} bytes */
+async function storeSnapshot(key, bytes) {
+  const cache = await snapshotCache();
+  if (!cache) return;
+  await cache.put(
+    key,
+    new Response(bytes, {
+      headers: {
+        "content-type": "application/octet-stream",
+        "x-tidesync-snapshot-bytes": String(bytes.length),
+      },
+    }),
+  );
+  for (const old of await cache.keys()) {
+    if (old.url !== key) await cache.delete(old);
+  }
+}
+
 /**
  * @param {string} siteBase absolute URL of the site root (ends with "/")
- * @returns {Promise<any>} the Pyodide API object, with tidesync importable
+ * @param {BootOptions} [options] default: a normal boot, no snapshot read or written
+ * @returns {Promise<any>} the Pyodide API object, with tidesync importable; it also carries
+ *   `bootMillis`, `bootInfo` (BootInfo) and `snapshotStored` (a Promise that never rejects)
+ *
+ * Memory snapshot: Pyodide can restore its whole wasm heap from a snapshot taken after
+ * tidesync's modules were imported (`_loadSnapshot`), which skips the interpreter's
+ * start-up and every import (seconds on a slow machine). The emscripten file system is
+ * JS state and not in the snapshot: the stdlib zip is reinstalled by Pyodide and the
+ * wheel is unpacked again below (cheap), so lazy imports and package data still work.
+ * A snapshot may only be taken while Python holds no JS object other than globals
+ * reachable by a path (`js.X.Y`) and Pyodide's own: hence right after the imports,
+ * before the workers hand Python their ports and storage.
  */
-export async function bootPyodide(siteBase) {
+export async function bootPyodide(siteBase, options = {}) {
   const started = performance.now();
-  const manifestPromise = fetch(new URL("manifest.json", siteBase), { cache: "no-cache" }).then(
+  const indexURL = new URL("pyodide/", siteBase).href;
+  const manifest = await fetch(new URL("manifest.json", siteBase), { cache: "no-cache" }).then(
     (r) => {
       if (!r.ok) throw new Error(`manifest.json: HTTP ${r.status}`);
       return r.json();
     },
   );
-  const pyodide = await loadPyodide({ indexURL: new URL("pyodide/", siteBase).href });
-  const manifest = await manifestPromise;
-  const wheel = await fetch(new URL(manifest.wheel, siteBase));
-  if (!wheel.ok) throw new Error(`${manifest.wheel}: HTTP ${wheel.status}`);
+  // Fetched while Pyodide boots: the wheel is needed after either kind of boot.
+  const wheelBytes = fetch(new URL(manifest.wheel, siteBase)).then((r) => {
+    if (!r.ok) throw new Error(`${manifest.wheel}: HTTP ${r.status}`);
+    return r.arrayBuffer();
+  });
+  wheelBytes.catch(() => {}); // awaited below; do not report it unhandled meanwhile
+  const key = snapshotKey(siteBase, manifest);
+  /** @type {BootInfo} */
+  const info = { snapshot: "none", millis: 0 };
+  /** @type {any} */
+  let pyodide = null;
+  if (key && options.useSnapshot) {
+    try {
+      const bytes = await readSnapshot(key);
+      if (bytes) {
+        pyodide = await loadPyodide({ indexURL, _loadSnapshot: bytes });
+        // Pyodide keeps its config for the instance's life: let the 30 MB copy go.
+        delete pyodide._api.config._loadSnapshot;
+        const missing = pyodide.runPython(
+          `import sys; [m for m in ${JSON.stringify(SNAPSHOT_MODULES)} if m not in sys.modules]`,
+        );
+        if (missing.length) throw new Error(`snapshot lacks ${missing.join(", ")}`);
+        info.snapshot = "loaded";
+      }
+    } catch (err) {
+      // Never trust it again: a normal boot below, and a new snapshot if this worker makes them.
+      console.warn("tidesync: boot snapshot not usable, booting normally", err);
+      info.snapshot = "failed";
+      info.error = String(err);
+      pyodide = null;
+      try { await (await snapshotCache())?.delete(key); } catch { /* best effort */ }
+    }
+  }
+  const make = Boolean(key && options.makeSnapshot && info.snapshot !== "loaded");
+  if (!pyodide) pyodide = await loadPyodide({ indexURL, _makeSnapshot: make });
   const sitePackages = pyodide.runPython("import sysconfig; sysconfig.get_path('purelib')");
-  pyodide.unpackArchive(await wheel.arrayBuffer(), "wheel", { extractDir: sitePackages });
+  pyodide.unpackArchive(await wheelBytes, "wheel", { extractDir: sitePackages });
+  /** @type {Promise<void>} */
+  let stored = Promise.resolve();
+  if (make && key) {
+    try {
+      for (const name of SNAPSHOT_MODULES) pyodide.pyimport(name).destroy();
+      const bytes = pyodide.makeMemorySnapshot();
+      info.snapshot = "made";
+      stored = storeSnapshot(key, bytes).catch((err) => {
+        console.warn("tidesync: could not store the boot snapshot", err);
+        info.error = String(err);
+      });
+    } catch (err) {
+      // Not fatal: this boot goes on, the next one boots normally again.
+      console.warn("tidesync: could not take a boot snapshot", err);
+      info.error = String(err);
+    }
+  }
   pyodide.runPython(
     "import logging, sys\n" +
       "logging.basicConfig(stream=sys.stderr, level=logging.INFO,\n" +
-      "    format='%(levelname)s %(name)s: %(message)s')\n",
+      "    format='%(levelname)s %(name)s: %(message)s')\n" +
+      // A restored heap repeats the snapshot's random state: reseed (backoff jitter).
+      "if 'random' in sys.modules:\n" +
+      "    sys.modules['random'].seed()\n",
   );
-  pyodide.bootMillis = performance.now() - started;
+  info.millis = performance.now() - started;
+  pyodide.bootMillis = info.millis;
+  pyodide.bootInfo = info;
+  pyodide.snapshotStored = stored;
   return pyodide;
 }

@@ -2,7 +2,9 @@
 /**
  * Changes Worker bootstrap: the one owner of the SQLite database on OPFS.
  *
- * Loads Pyodide, mounts the OPFS file system under SQLite, then hands control to
+ * Loads Pyodide (from the boot snapshot when there is one; on a boot without one it
+ * takes it, for the next start and for the Sync Worker, which the page starts after this
+ * worker is ready), mounts the OPFS file system under SQLite, then hands control to
  * `tidesync.changes.browser_entry`. The page posts `{kind: "init", config}` with
  * one end of the MessageChannel to the Sync Worker; every later message (page
  * requests, Sync Worker requests) is handled in Python.
@@ -16,9 +18,11 @@ const config = init.data.config;
 const syncPort = init.ports[0];
 
 try {
-  const pyodide = await bootPyodide(config.siteBase);
+  const useSnapshot = config.snapshot !== false;
+  const pyodide = await bootPyodide(config.siteBase, { useSnapshot, makeSnapshot: useSnapshot });
+  self.postMessage({ event: "booted", worker: "changes", boot: pyodide.bootInfo });
   const dbFile = `${config.name}.sqlite3`;
-  const storage = await mountOpfs(pyodide, {
+  const mounting = mountOpfs(pyodide, {
     mountPoint: "/opfs",
     dir: config.opfsDir || "tidesync",
     files: [dbFile],
@@ -28,6 +32,8 @@ try {
     // return; the power-loss flush runs at most once per flushDelayMs.
     flushDelayMs: config.flushDelayMs ?? 0,
   });
+  // Stored before the database opens, so the Sync Worker (started on "ready") boots from it.
+  const [storage] = await Promise.all([mounting, pyodide.snapshotStored]);
   const entry = pyodide.pyimport("tidesync.changes.browser_entry");
   await entry.start({
     config: { ...config, dbPath: `/opfs/${dbFile}`, bootMillis: pyodide.bootMillis },

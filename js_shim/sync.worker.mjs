@@ -2,7 +2,8 @@
 /**
  * Sync Worker bootstrap: the one owner of the WebSocket to the sync server.
  *
- * Loads Pyodide, then hands control to
+ * Loads Pyodide (from the boot snapshot the Changes Worker stored, when there is one;
+ * it never takes one itself), then hands control to
  * `tidesync.worker_sync.worker_thread.browser_entry`, which reaches the Changes
  * Worker through the MessageChannel port it is given and the server through
  * `js.WebSocket`.
@@ -15,7 +16,8 @@ const config = init.data.config;
 const changesPort = init.ports[0];
 
 try {
-  const pyodide = await bootPyodide(config.siteBase);
+  const pyodide = await bootPyodide(config.siteBase, { useSnapshot: config.snapshot !== false });
+  self.postMessage({ event: "booted", worker: "sync", boot: pyodide.bootInfo });
   const entry = pyodide.pyimport("tidesync.worker_sync.worker_thread.browser_entry");
   await entry.start({
     config: { ...config, bootMillis: pyodide.bootMillis },

@@ -26,6 +26,9 @@
  *   flushed to disk (durable against power loss / an OS crash) at most this long after it,
  *   when the page is hidden or unloaded, on `flush()` and on `close()`. 0 flushes after
  *   every request (slower: one disk flush per commit). See docs/storage.md.
+ * @property {boolean} [snapshot] false boots Pyodide without the memory snapshot (neither
+ *   reads nor takes one); default true: warm starts restore the interpreter with tidesync
+ *   imported instead of starting it (js_shim/boot.mjs)
  */
 
 /**
@@ -50,7 +53,11 @@
  * @property {{tables: string[], mode: "tables"|"full"}|null} lastRepair the latest repair
  * @property {string[]} repairing tables being repaired right now
  * @property {Record<string, number>} timings milliseconds: `pyodideBoot`, `dbOpen` (in the
- *   worker), `ready` (open() to local data readable) and `live` (open() to live), page-side
+ *   worker), `syncBoot` (the Sync Worker's Pyodide boot), `ready` (open() to local data
+ *   readable) and `live` (open() to live), page-side
+ * @property {{changes?: string, sync?: string}} boot how each worker booted Pyodide:
+ *   "loaded" (from the memory snapshot), "made" (normal boot, then took the snapshot),
+ *   "none" (normal boot), "failed" (a stored snapshot did not load; normal boot)
  */
 
 /** An error raised in Python, carried to the page with its message and type. */
@@ -171,6 +178,7 @@ export class TideSync {
       sync: options.sync ?? true,
       multiTab: options.multiTab ?? true,
       flushDelayMs: options.flushDelayMs ?? 100,
+      snapshot: options.snapshot ?? true,
     };
     this.t0 = performance.now();
     this.tabId = crypto.randomUUID();
@@ -179,7 +187,7 @@ export class TideSync {
       role: "starting", ready: false, clientId: null, connected: false, phase: "starting",
       lsn: "0/0", pending: 0, lastError: null, reconnectIn: null, reconnectAt: null,
       initProgress: null, repairs: 0, tableRepairs: 0, fullResyncs: 0, lastRepair: null,
-      repairing: [], timings: {},
+      repairing: [], timings: {}, boot: {},
     };
     /** @type {Map<string, Set<Function>>} */
     this._listeners = new Map();
@@ -373,6 +381,7 @@ export class TideSync {
     const config = {
       name: opts.name, url: opts.url, schema: opts.schema, siteBase: opts.siteBase,
       heartbeatInterval: opts.heartbeatInterval, sync: opts.sync, flushDelayMs: opts.flushDelayMs,
+      snapshot: opts.snapshot,
     };
     const changes = new Worker(new URL("./changes.worker.mjs", import.meta.url), { type: "module", name: "tidesync-changes" });
     this._workers.push(changes);
@@ -381,16 +390,21 @@ export class TideSync {
     changes.onmessage = (ev) => this._rpc?.receive(ev.data);
     const ready = new Promise((resolve, reject) => { this._onReady = resolve; this._onFatal = reject; });
     changes.postMessage({ kind: "init", config }, [channel.port1]);
-    if (opts.sync) {
-      const sync = new Worker(new URL("./sync.worker.mjs", import.meta.url), { type: "module", name: "tidesync-sync" });
-      this._workers.push(sync);
-      sync.onmessage = (ev) => { if (ev.data?.event === "fatal") this._onWorkerEvent(ev.data); };
-      sync.postMessage({ kind: "init", config }, [channel.port2]);
-    }
     this._setStatus({ role: "leader" });
     this._serveFollowers();
     this._watchPage();
     await ready;
+    // The Sync Worker starts once local data is readable: two Pyodide boots at once would
+    // share the cores and delay that; it then boots from the snapshot the Changes Worker
+    // stored. Messages the Changes Worker posts to it meanwhile wait in the channel.
+    if (opts.sync && !this._closed) {
+      const sync = new Worker(new URL("./sync.worker.mjs", import.meta.url), { type: "module", name: "tidesync-sync" });
+      this._workers.push(sync);
+      sync.onmessage = (ev) => {
+        if (ev.data?.event === "fatal" || ev.data?.event === "booted") this._onWorkerEvent(ev.data);
+      };
+      sync.postMessage({ kind: "init", config }, [channel.port2]);
+    }
   }
 
   /**
@@ -429,6 +443,12 @@ export class TideSync {
       }
       case "status":
         this._setStatus(data.status);
+        break;
+      case "booted":
+        this._setStatus({
+          boot: { ...this._status.boot, [data.worker]: data.boot?.snapshot },
+          ...(data.worker === "sync" ? { timings: { syncBoot: Math.round(data.boot?.millis ?? 0) } } : {}),
+        });
         break;
       case "query_result": {
         const sub = this._subs.get(data.subId);

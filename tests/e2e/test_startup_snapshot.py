@@ -1,0 +1,175 @@
+"""Startup from Pyodide's memory snapshot (js_shim/boot.mjs) in real Chromium.
+
+The first open boots Pyodide normally in the Changes Worker and stores a snapshot of
+its heap with tidesync imported; the Sync Worker, started once local data is readable,
+and every later open boot from it. The snapshot is keyed by the wheel's SHA-256 (a new
+wheel never restores the old one's modules) and a snapshot that does not load falls
+back to a normal boot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import shutil
+import sqlite3
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from browser_harness import CHROMIUM, CHROMIUM_ARGS, SITE_DIR, require_site
+
+OPEN_DB = """async ({name, url}) => {
+  const {TideSync} = await import('/js/tidesync.mjs');
+  window.db = await TideSync.open({name, url, heartbeatInterval: 1});
+  return db.status;
+}"""
+LIVE = "() => window.db && db.status.phase === 'live' && db.status.pending === 0"
+SNAPSHOT_KEYS = """async () => {
+  const cache = await caches.open('tidesync-pyodide-snapshot');
+  return (await cache.keys()).map((r) => r.url);
+}"""
+TIMEOUT_MS = 120_000
+
+
+@pytest.fixture
+def site_copy(tmp_path: Path) -> Path:
+    """A private copy of _site, so a test can swap the wheel under the same origin."""
+    require_site()
+    dst = tmp_path / "site"
+    shutil.copytree(SITE_DIR, dst)
+    return dst
+
+
+@pytest.fixture
+def server(server_factory: Callable[..., Any], site_copy: Path) -> Any:
+    return server_factory(site=str(site_copy), heartbeat=1, seed_demo=True)
+
+
+@pytest.fixture
+def context(playwright_sync: Any) -> Iterator[Any]:
+    browser = playwright_sync.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    try:
+        yield browser.new_context()
+    finally:
+        with contextlib.suppress(Exception):
+            browser.close()
+
+
+def _open(context: Any, server: Any) -> Any:
+    """A new page in the same browser context (same HTTP cache, OPFS and Cache Storage)."""
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(server.http_url + "/api/health")
+    page.evaluate(OPEN_DB, {"name": "snap", "url": server.ws_url})
+    page.wait_for_function(LIVE, timeout=TIMEOUT_MS)
+    return page
+
+
+def _close(page: Any) -> None:
+    page.evaluate("db.close()")
+    page.close()
+
+
+def _boot(page: Any) -> dict[str, str]:
+    page.wait_for_function("() => db.status.boot.sync !== undefined", timeout=TIMEOUT_MS)
+    return page.evaluate("db.status.boot")  # type: ignore[no-any-return]
+
+
+def _tasks(page: Any) -> list[dict[str, Any]]:
+    return page.evaluate(  # type: ignore[no-any-return]
+        "db.query('SELECT id, title FROM tasks ORDER BY id')"
+    )
+
+
+def _manifest(site: Path) -> dict[str, Any]:
+    return json.loads((site / "manifest.json").read_text())  # type: ignore[no-any-return]
+
+
+def test_warm_start_boots_both_workers_from_the_snapshot(
+    context: Any, server: Any, site_copy: Path
+) -> None:
+    page = _open(context, server)
+    # Cold: the Changes Worker takes the snapshot before opening the database, so the
+    # Sync Worker (started after it) already boots from it.
+    assert _boot(page) == {"changes": "made", "sync": "loaded"}
+    page.evaluate("db.insert('tasks', {id: 'snap-1', title: 'written before the reload'})")
+    page.wait_for_function(LIVE, timeout=TIMEOUT_MS)
+    before = _tasks(page)
+    assert {"id": "snap-1", "title": "written before the reload"} in before
+    keys = page.evaluate(SNAPSHOT_KEYS)
+    assert len(keys) == 1 and keys[0].endswith(_manifest(site_copy)["wheelSha256"])
+    _close(page)
+
+    page = _open(context, server)
+    assert _boot(page) == {"changes": "loaded", "sync": "loaded"}
+    assert _tasks(page) == before
+    # The restored interpreters still write, sync and take server changes.
+    page.evaluate("db.insert('tasks', {id: 'snap-2', title: 'after a warm start'})")
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
+    titles: set[str] = set()
+    while time.monotonic() < deadline:
+        with contextlib.closing(sqlite3.connect(server.db_path)) as conn:
+            query = "SELECT title FROM tasks WHERE id LIKE 'snap-%'"
+            titles = {r[0] for r in conn.execute(query)}
+        if len(titles) == 2:
+            break
+        time.sleep(0.2)
+    assert titles == {"written before the reload", "after a warm start"}
+    _close(page)
+
+
+def test_a_new_wheel_never_boots_from_the_old_snapshot(
+    context: Any, server: Any, site_copy: Path
+) -> None:
+    site = site_copy
+    _close(_open(context, server))  # stores the snapshot of the first wheel
+    old_sha = _manifest(site)["wheelSha256"]
+
+    # Deploy a different wheel at the same origin (one more file in the archive).
+    manifest = _manifest(site)
+    wheel = site / manifest["wheel"]
+    with zipfile.ZipFile(wheel, "a") as zf:
+        zf.writestr("tidesync/_deployed_marker.py", "MARK = 2\n")
+    manifest["wheelSha256"] = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    (site / "manifest.json").write_text(json.dumps(manifest))
+
+    page = _open(context, server)
+    assert _boot(page) == {"changes": "made", "sync": "loaded"}
+    keys = page.evaluate(SNAPSHOT_KEYS)
+    assert len(keys) == 1 and keys[0].endswith(manifest["wheelSha256"]), keys
+    assert not any(old_sha in k for k in keys)
+    _close(page)
+
+
+def test_a_snapshot_that_does_not_load_falls_back_to_a_normal_boot(
+    context: Any, server: Any
+) -> None:
+    page = _open(context, server)
+    page.evaluate("db.insert('tasks', {id: 'snap-3', title: 'still here'})")
+    page.wait_for_function(LIVE, timeout=TIMEOUT_MS)
+    # Replace the stored heap with garbage of a plausible size (the length check passes).
+    page.evaluate(
+        """async () => {
+      const cache = await caches.open('tidesync-pyodide-snapshot');
+      const [key] = await cache.keys();
+      const bytes = new Uint8Array(1 << 20).fill(7);
+      const headers = {'x-tidesync-snapshot-bytes': String(bytes.length)};
+      await cache.put(key, new Response(bytes, {headers}));
+    }"""
+    )
+    _close(page)
+
+    page = _open(context, server)
+    # The Changes Worker could not restore it, booted normally and stored a new one.
+    assert _boot(page) == {"changes": "made", "sync": "loaded"}
+    assert {"id": "snap-3", "title": "still here"} in _tasks(page)
+    _close(page)
+
+    page = _open(context, server)
+    assert _boot(page) == {"changes": "loaded", "sync": "loaded"}
+    _close(page)
