@@ -362,7 +362,17 @@ export async function mountOpfs(pyodide, options = {}) {
   let gCommitNext = false;
   let gDrainScheduled = false;
   let gBuf = new Uint8Array(0);
+  /** A failed write of gathered frames in the end-of-task drain, where nobody could see it. */
+  /** @type {unknown} */
+  let gDeferredError = null;
   const drainGathered = () => {
+    if (gDeferredError !== null) {
+      // Report it to SQLite on its next file operation, so the transaction whose frames
+      // were lost fails instead of committing over a hole in the WAL.
+      const err = gDeferredError;
+      gDeferredError = null;
+      throw err;
+    }
     if (gEntry === null) return;
     const e = gEntry;
     const len = gLen;
@@ -382,6 +392,7 @@ export async function mountOpfs(pyodide, options = {}) {
    */
   const gatherWrite = (e, buffer, offset, length, position) => {
     if (!gatherWal || !e.name.endsWith("-wal") || length > GATHER_MAX) return false;
+    if (gDeferredError !== null) drainGathered(); // throws it
     if (gEntry !== null && (gEntry !== e || position !== gStart + gLen || gLen + length > GATHER_MAX)) {
       drainGathered();
     }
@@ -412,7 +423,12 @@ export async function mountOpfs(pyodide, options = {}) {
         gDrainScheduled = true;
         queueMicrotask(() => {
           gDrainScheduled = false;
-          if (!closed) drainGathered();
+          if (closed) return;
+          try {
+            drainGathered();
+          } catch (err) {
+            gDeferredError = err;
+          }
         });
       }
     }
