@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import re
-import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from browser_harness import CHROMIUM, CHROMIUM_ARGS, SITE_DIR, require_site
+from browser_harness import SITE_DIR
+from tests.helpers.browser_db import page_query, server_rows
 
 OPEN_DB = """async ({name, url}) => {
   const {TideSync} = await import('/js/tidesync.mjs');
@@ -34,22 +34,6 @@ BOOT_TIMEOUT_MS = 120_000
 SYNC_TIMEOUT_MS = 180_000
 # The machine may be loaded: generous, never a timing assertion.
 pytestmark = pytest.mark.timeout(600)
-
-
-@pytest.fixture(scope="module")
-def chromium(playwright_sync: Any) -> Iterator[Any]:
-    """A non-persistent browser: each new_context() is a separate client (own OPFS)."""
-    require_site()
-    browser = playwright_sync.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-    try:
-        yield browser
-    finally:
-        browser.close()
-
-
-@pytest.fixture
-def site_server(server_factory: Callable[..., Any]) -> Any:
-    return server_factory(site=str(SITE_DIR), heartbeat=1, seed_demo=True)
 
 
 @pytest.fixture
@@ -77,17 +61,8 @@ def _open(context: Any, server: Any, name: str, wait_live: bool = True) -> Any:
     return page
 
 
-def _query(page: Any, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
-    return page.evaluate("([s, p]) => db.query(s, p)", [sql, params or []])
-
-
 def _scalar(page: Any, sql: str, params: list[Any] | None = None) -> Any:
-    return next(iter(_query(page, sql, params)[0].values()))
-
-
-def _server_rows(server: Any, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    with contextlib.closing(sqlite3.connect(server.db_path)) as conn:
-        return conn.execute(sql, params).fetchall()
+    return next(iter(page_query(page, sql, params)[0].values()))
 
 
 def _integrity(page: Any) -> str:
@@ -109,7 +84,7 @@ def _crash(context: Any, page: Any) -> None:
 
 
 def _no_duplicate_changes(server: Any) -> None:
-    dupes = _server_rows(
+    dupes = server_rows(
         server, "SELECT change_id FROM _ts_change_history GROUP BY change_id HAVING count(*) > 1"
     )
     assert dupes == []
@@ -179,7 +154,7 @@ def test_renderer_killed_mid_transaction_keeps_whole_transactions_and_syncs_them
         assert n in (0, TX_ROWS), f"transaction {k} is partial: {n} of {TX_ROWS} rows"
     present_singles = {
         int(r["id"].split("-")[1])
-        for r in _query(again, "SELECT id FROM tasks WHERE id LIKE 'single-%'")
+        for r in page_query(again, "SELECT id FROM tasks WHERE id LIKE 'single-%'")
     }
     assert set(singles) <= present_singles
     # every row present has exactly one recorded change, and nothing else was recorded
@@ -197,11 +172,11 @@ def test_renderer_killed_mid_transaction_keeps_whole_transactions_and_syncs_them
     )
 
     again.wait_for_function(LIVE_AND_IDLE, timeout=SYNC_TIMEOUT_MS)
-    server_count = _server_rows(
+    server_count = server_rows(
         site_server, "SELECT count(*) FROM tasks WHERE id LIKE 'tx%' OR id LIKE 'single-%'"
     )[0][0]
     assert server_count == rows_present
-    history = _server_rows(
+    history = server_rows(
         site_server,
         "SELECT count(*) FROM _ts_change_history "
         "WHERE table_name = 'tasks' AND operation = 'insert' AND client_id = ?",
@@ -238,7 +213,7 @@ def test_reload_during_initial_sync_never_shows_half_a_snapshot_then_goes_live(
     db_path = tmp_path / "seeded.db"
     seed_tasks(db_path, SEED_TASKS)
     server = server_factory(site=str(SITE_DIR), heartbeat=1, db=str(db_path))
-    total = _server_rows(server, "SELECT count(*) FROM tasks")[0][0]
+    total = server_rows(server, "SELECT count(*) FROM tasks")[0][0]
     assert total == SEED_TASKS
 
     page = _open(contexts(), server, "reload-initial", wait_live=False)
@@ -345,7 +320,7 @@ def test_quota_exceeded_rejects_the_write_clearly_without_corruption_and_recover
     assert _integrity(page) == "ok"
     assert _scalar(page, "SELECT count(*) FROM tasks WHERE id LIKE 'before-%'") == 20
     assert _scalar(page, "SELECT count(*) FROM tasks WHERE id LIKE 'fill-%'") == written
-    assert _server_rows(site_server, "SELECT count(*) FROM tasks WHERE id LIKE 'before-%'") == [
+    assert server_rows(site_server, "SELECT count(*) FROM tasks WHERE id LIKE 'before-%'") == [
         (20,)
     ]
     usage_full = cdp.send("Storage.getUsageAndQuota", {"origin": origin})["usage"]
@@ -356,7 +331,7 @@ def test_quota_exceeded_rejects_the_write_clearly_without_corruption_and_recover
     page.wait_for_function(LIVE_AND_IDLE, timeout=SYNC_TIMEOUT_MS)
     assert _integrity(page) == "ok"
     for prefix, n in (("before-", 20), ("fill-", written), ("refill-", 50), ("after-", 1)):
-        assert _server_rows(
+        assert server_rows(
             site_server, "SELECT count(*) FROM tasks WHERE id LIKE ?", (prefix + "%",)
         ) == [(n,)], prefix
     _no_duplicate_changes(site_server)
@@ -435,7 +410,7 @@ def test_hundreds_of_offline_edits_racing_an_online_client_converge_exactly_once
       }"""
     )
     b.wait_for_function(LIVE_AND_IDLE, timeout=SYNC_TIMEOUT_MS)
-    assert _server_rows(site_server, "SELECT count(*) FROM tasks WHERE id LIKE 'off-%'") == [(0,)]
+    assert server_rows(site_server, "SELECT count(*) FROM tasks WHERE id LIKE 'off-%'") == [(0,)]
 
     started = time.monotonic()
     a.evaluate("db.goOnline()")
@@ -443,15 +418,15 @@ def test_hundreds_of_offline_edits_racing_an_online_client_converge_exactly_once
     synced_in = time.monotonic() - started
     server = [
         {"id": r[0], "project_id": r[1], "title": r[2], "done": r[3]}
-        for r in _server_rows(site_server, TASKS)
+        for r in server_rows(site_server, TASKS)
     ]
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        if _query(a, TASKS) == server and _query(b, TASKS) == server:
+        if page_query(a, TASKS) == server and page_query(b, TASKS) == server:
             break
         time.sleep(0.5)
-    assert _query(a, TASKS) == server
-    assert _query(b, TASKS) == server
+    assert page_query(a, TASKS) == server
+    assert page_query(b, TASKS) == server
     assert a.evaluate("db.pendingChanges()") == []
     assert b.evaluate("db.pendingChanges()") == []
 
@@ -465,7 +440,7 @@ def test_hundreds_of_offline_edits_racing_an_online_client_converge_exactly_once
     # Exactly once: no change twice in the log, and every offline change of A that the
     # server took is in it once; the rest were answered "skipped" (lost last-write-wins).
     _no_duplicate_changes(site_server)
-    mine = _query(
+    mine = page_query(
         a,
         "SELECT id, state FROM local_changes WHERE from_server = 0 AND id IN "
         "(SELECT id FROM local_changes WHERE from_server = 0 ORDER BY seq DESC LIMIT ?)",
@@ -475,7 +450,7 @@ def test_hundreds_of_offline_edits_racing_an_online_client_converge_exactly_once
     for change in mine:
         states[change["state"]] = states.get(change["state"], 0) + 1
     ids = [c["id"] for c in mine if c["state"] == "synced"]
-    logged = _server_rows(
+    logged = server_rows(
         site_server,
         f"SELECT count(*) FROM _ts_change_history WHERE change_id IN ({','.join('?' * len(ids))})",
         tuple(ids),

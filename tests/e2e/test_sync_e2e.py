@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from browser_harness import CHROMIUM, CHROMIUM_ARGS, SITE_DIR, free_port, require_site
+from browser_harness import free_port
+from tests.helpers.browser_db import page_query, server_rows
 
 OPEN_DB = """async ({name, url}) => {
   const {TideSync} = await import('/js/tidesync.mjs');
@@ -27,22 +27,6 @@ OPEN_DB = """async ({name, url}) => {
 }"""
 LIVE_AND_IDLE = "() => window.db && db.status.phase === 'live' && db.status.pending === 0"
 BOOT_TIMEOUT_MS = 90_000
-
-
-@pytest.fixture(scope="module")
-def chromium(playwright_sync: Any) -> Iterator[Any]:
-    """A non-persistent browser: each new_context() is a separate client (own OPFS)."""
-    require_site()
-    browser = playwright_sync.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-    try:
-        yield browser
-    finally:
-        browser.close()
-
-
-@pytest.fixture
-def site_server(server_factory: Callable[..., Any]) -> Any:
-    return server_factory(site=str(SITE_DIR), heartbeat=1, seed_demo=True)
 
 
 @pytest.fixture
@@ -67,24 +51,15 @@ def open_client(chromium: Any, site_server: Any) -> Iterator[Callable[..., Any]]
             context.close()
 
 
-def _query(page: Any, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
-    return page.evaluate("([s, p]) => db.query(s, p)", [sql, params or []])
-
-
 def _wait_rows(page: Any, sql: str, expected: list[dict[str, Any]], timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     rows: list[dict[str, Any]] = []
     while time.monotonic() < deadline:
-        rows = _query(page, sql)
+        rows = page_query(page, sql)
         if rows == expected:
             return
         time.sleep(0.1)
     raise AssertionError(f"{sql} -> {rows}, expected {expected}")
-
-
-def _server_rows(server: Any, sql: str) -> list[tuple[Any, ...]]:
-    with contextlib.closing(sqlite3.connect(server.db_path)) as conn:
-        return conn.execute(sql).fetchall()
 
 
 def test_insert_update_delete_sync_both_ways_between_two_browsers(
@@ -139,17 +114,17 @@ def test_reload_keeps_data_and_pending_changes_then_syncs_them_once(
 
     page.reload()
     page.evaluate(OPEN_DB, {"name": "reload", "url": site_server.ws_url})
-    assert _query(page, "SELECT name FROM projects WHERE id = 'offline-1'") == [
+    assert page_query(page, "SELECT name FROM projects WHERE id = 'offline-1'") == [
         {"name": "written offline"}
     ]
     # The new page is online again: the pending change goes out exactly once.
     page.wait_for_function(LIVE_AND_IDLE)
     assert page.evaluate("db.pendingChanges()") == []
-    assert _server_rows(site_server, "SELECT name FROM projects WHERE id = 'offline-1'") == [
+    assert server_rows(site_server, "SELECT name FROM projects WHERE id = 'offline-1'") == [
         ("written offline",)
     ]
     change_id = pending_before[0]["id"]
-    assert _server_rows(
+    assert server_rows(
         site_server, f"SELECT count(*) FROM _ts_change_history WHERE change_id = '{change_id}'"
     ) == [(1,)]
 
@@ -169,10 +144,10 @@ def test_edits_made_while_the_server_is_down_arrive_exactly_once(
     a.wait_for_function(LIVE_AND_IDLE, timeout=60_000)
     expected = [{"id": f"down-{i}"} for i in range(5)]
     _wait_rows(b, "SELECT id FROM tasks WHERE id LIKE 'down-%' ORDER BY id", expected, 60)
-    assert _query(b, "SELECT title FROM tasks WHERE id = 'down-0'") == [
+    assert page_query(b, "SELECT title FROM tasks WHERE id = 'down-0'") == [
         {"title": "edited while down"}
     ]
-    dupes = _server_rows(
+    dupes = server_rows(
         site_server,
         "SELECT change_id FROM _ts_change_history GROUP BY change_id HAVING count(*) > 1",
     )
@@ -202,13 +177,13 @@ def test_renderer_killed_right_after_commit_keeps_the_row_and_integrity(
     again.set_default_timeout(BOOT_TIMEOUT_MS)
     again.goto(site_server.http_url + "/api/health")
     again.evaluate(OPEN_DB, {"name": "crash", "url": site_server.ws_url})
-    assert _query(again, "SELECT name FROM projects WHERE id = 'crash-1'") == [
+    assert page_query(again, "SELECT name FROM projects WHERE id = 'crash-1'") == [
         {"name": "committed before crash"}
     ]
-    assert _query(again, "PRAGMA integrity_check") == [{"integrity_check": "ok"}]
+    assert page_query(again, "PRAGMA integrity_check") == [{"integrity_check": "ok"}]
     # and the change recorded with it is still there to be synced
     again.wait_for_function(LIVE_AND_IDLE)
-    assert _server_rows(site_server, "SELECT name FROM projects WHERE id = 'crash-1'") == [
+    assert server_rows(site_server, "SELECT name FROM projects WHERE id = 'crash-1'") == [
         ("committed before crash",)
     ]
 
@@ -224,7 +199,7 @@ def test_second_tab_works_through_the_owner_and_takes_over_when_it_closes(
         assert first.evaluate("db.status.role") == "leader"
         assert second.evaluate("db.status.role") == "follower"
         second.evaluate("db.insert('projects', {id: 'tab2', name: 'via the leader'})")
-        assert _query(first, "SELECT name FROM projects WHERE id = 'tab2'") == [
+        assert page_query(first, "SELECT name FROM projects WHERE id = 'tab2'") == [
             {"name": "via the leader"}
         ]
         second.evaluate(
@@ -238,7 +213,7 @@ def test_second_tab_works_through_the_owner_and_takes_over_when_it_closes(
         first.close()
         second.wait_for_function("() => db.status.role === 'leader'", timeout=BOOT_TIMEOUT_MS)
         second.wait_for_function(LIVE_AND_IDLE, timeout=BOOT_TIMEOUT_MS)
-        assert _query(second, "SELECT count(*) AS n FROM projects WHERE id LIKE 'tab%'") == [
+        assert page_query(second, "SELECT count(*) AS n FROM projects WHERE id LIKE 'tab%'") == [
             {"n": 2}
         ]
         second.evaluate("db.insert('projects', {id: 'tab3', name: 'after takeover'})")
@@ -336,10 +311,10 @@ def test_malformed_frames_from_a_server_do_not_crash_the_worker(
         assert any("clt_error" in h for h in fake.heard), fake.heard
         # The worker is alive: local reads and writes still work, nothing was applied.
         page.evaluate("db.insert('projects', {id: 'still-alive', name: 'yes'})")
-        assert _query(page, "SELECT name FROM projects WHERE id = 'still-alive'") == [
+        assert page_query(page, "SELECT name FROM projects WHERE id = 'still-alive'") == [
             {"name": "yes"}
         ]
-        assert _query(page, "SELECT count(*) AS n FROM tasks") == [{"n": 0}]
+        assert page_query(page, "SELECT count(*) AS n FROM tasks") == [{"n": 0}]
         assert page.evaluate("db.status.lastError") is not None
     finally:
         context.close()
