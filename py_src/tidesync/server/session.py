@@ -122,23 +122,50 @@ def open_session(
 
 @dataclass
 class _Init:
+    """A snapshot streamed table after table in acknowledged chunks (initial sync, re-sync)."""
+
     snapshot: Snapshot
-    tables: list[str]
+    tables: list[str]  # those with rows, in foreign-key order
     table_index: int = 0
     chunk: int = 0
     unacked: list[tuple[str, int]] = field(default_factory=list)
+
+    def next_chunks(
+        self, rows: int, window: int
+    ) -> list[tuple[tuple[mt.TableChange, ...], mt.InitSequence]]:
+        """The chunks to send now: as many as the window of unacknowledged ones allows."""
+        out: list[tuple[tuple[mt.TableChange, ...], mt.InitSequence]] = []
+        while len(self.unacked) < window and self.table_index < len(self.tables):
+            table = self.tables[self.table_index]
+            total = self.snapshot.chunks_of(table, rows)
+            changes = self.snapshot.read_chunk(table, rows)
+            self.chunk += 1
+            out.append((changes, mt.InitSequence(table=table, chunk=self.chunk, total=total)))
+            self.unacked.append((table, self.chunk))
+            if self.chunk >= total:
+                self.table_index += 1
+                self.chunk = 0
+        return out
+
+    def ack(self, table: str, chunk: int) -> bool:
+        """Acknowledge a chunk and those before it; False for a repeated or unknown ack."""
+        key = (table, chunk)
+        if key not in self.unacked:
+            return False
+        del self.unacked[: self.unacked.index(key) + 1]
+        return True
+
+    @property
+    def done(self) -> bool:
+        """Every chunk sent and acknowledged."""
+        return not self.unacked and self.table_index >= len(self.tables)
 
 
 @dataclass
-class _Resync:
+class _Resync(_Init):
     """A table re-sync in progress: like ``_Init``, for the named tables only."""
 
-    snapshot: Snapshot
-    names: tuple[str, ...]  # as announced, in foreign-key order
-    tables: list[str]  # those with rows
-    table_index: int = 0
-    chunk: int = 0
-    unacked: list[tuple[str, int]] = field(default_factory=list)
+    names: tuple[str, ...] = ()  # as announced, in foreign-key order
 
 
 @dataclass
@@ -312,22 +339,13 @@ class Session:
         self._now = now_ms
         state = self._init
         assert state is not None
-        rows = self.config.init_chunk_rows
-        out: list[Message] = []
-        while len(state.unacked) < self.config.init_window and state.table_index < len(
-            state.tables
-        ):
-            table = state.tables[state.table_index]
-            total = state.snapshot.chunks_of(table, rows)
-            changes = state.snapshot.read_chunk(table, rows)
-            state.chunk += 1
-            seq = mt.InitSequence(table=table, chunk=state.chunk, total=total)
-            out.append(self._make(mt.SrvInitChanges, changes=changes, sequence=seq))
-            state.unacked.append((table, state.chunk))
-            if state.chunk >= total:
-                state.table_index += 1
-                state.chunk = 0
-        if not state.unacked and state.table_index >= len(state.tables):
+        out: list[Message] = [
+            self._make(mt.SrvInitChanges, changes=changes, sequence=seq)
+            for changes, seq in state.next_chunks(
+                self.config.init_chunk_rows, self.config.init_window
+            )
+        ]
+        if state.done:
             lsn = state.snapshot.lsn
             state.snapshot.close()
             self._init = None
@@ -340,10 +358,8 @@ class Session:
     def _on_clt_init_received(self, msg: mt.CltInitReceived, now_ms: int) -> Output:
         state = self._init
         assert state is not None
-        key = (msg.table, msg.chunk)
-        if key not in state.unacked:
+        if not state.ack(msg.table, msg.chunk):
             return Output()  # a repeated ack: nothing left to do
-        del state.unacked[: state.unacked.index(key) + 1]
         return Output(tuple(self._pump_init(now_ms)))
 
     def _on_clt_init_processed(self, msg: mt.CltInitProcessed, now_ms: int) -> Output:
@@ -524,7 +540,7 @@ class Session:
             return self._error(ErrorCode.INTERNAL, text, msg.message_id, now_ms)
         names = tuple(t for t in snapshot.schema.order if t in msg.tables)
         tables = [t for t in names if snapshot.counts.get(t, 0) > 0]
-        self._resync = _Resync(snapshot, names, tables)
+        self._resync = _Resync(snapshot, tables, names=names)
         log.info(
             "client %s: re-syncing %s at %s",
             self.client_id,
@@ -539,22 +555,13 @@ class Session:
         self._now = now_ms
         state = self._resync
         assert state is not None
-        rows = self.config.init_chunk_rows
-        out: list[Message] = []
-        while len(state.unacked) < self.config.init_window and state.table_index < len(
-            state.tables
-        ):
-            table = state.tables[state.table_index]
-            total = state.snapshot.chunks_of(table, rows)
-            changes = state.snapshot.read_chunk(table, rows)
-            state.chunk += 1
-            seq = mt.InitSequence(table=table, chunk=state.chunk, total=total)
-            out.append(self._make(mt.SrvResyncChanges, changes=changes, sequence=seq))
-            state.unacked.append((table, state.chunk))
-            if state.chunk >= total:
-                state.table_index += 1
-                state.chunk = 0
-        if not state.unacked and state.table_index >= len(state.tables):
+        out: list[Message] = [
+            self._make(mt.SrvResyncChanges, changes=changes, sequence=seq)
+            for changes, seq in state.next_chunks(
+                self.config.init_chunk_rows, self.config.init_window
+            )
+        ]
+        if state.done:
             lsn = state.snapshot.lsn
             state.snapshot.close()
             self._resync = None
@@ -565,8 +572,6 @@ class Session:
 
     def _on_clt_resync_received(self, msg: mt.CltResyncReceived, now_ms: int) -> Output:
         state = self._resync
-        key = (msg.table, msg.chunk)
-        if state is None or key not in state.unacked:
+        if state is None or not state.ack(msg.table, msg.chunk):
             return Output()  # a repeated or late ack: nothing left to do
-        del state.unacked[: state.unacked.index(key) + 1]
         return Output(tuple(self._pump_resync(now_ms)))
