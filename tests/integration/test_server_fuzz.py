@@ -33,6 +33,7 @@ from urllib.parse import quote
 import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
+from tests.helpers.json_strategies import json_strategies
 from tests.helpers.server_process import ServerHandle, start_server
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
@@ -237,20 +238,7 @@ def _assert_refused(server: ServerHandle, raw: Raw, frame: str | bytes) -> Answe
 
 # --- strategies -----------------------------------------------------------------------------
 
-json_scalars = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(min_value=-(1 << 80), max_value=1 << 80),
-    st.floats(allow_nan=False, allow_infinity=False),
-    st.text(max_size=30),
-)
-json_values = st.recursive(
-    json_scalars,
-    lambda inner: st.one_of(
-        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=10), inner, max_size=4)
-    ),
-    max_leaves=10,
-)
+json_scalars, json_values = json_strategies(int_bits=80)
 
 
 def _kind(value: Any) -> str:

@@ -32,6 +32,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from tests.helpers.json_strategies import json_strategies
 
 from tidesync.changes.worker import ChangesWorker
 from tidesync.worker_sync.shared.message_types import CltError, Operation, TableChange
@@ -254,20 +255,7 @@ def _type(name: str) -> Any:
 
 # --- strategies -----------------------------------------------------------------------------
 
-json_scalars = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(min_value=-(1 << 70), max_value=1 << 70),
-    st.floats(allow_nan=False, allow_infinity=False),
-    st.text(max_size=30),
-)
-json_values = st.recursive(
-    json_scalars,
-    lambda inner: st.one_of(
-        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=10), inner, max_size=4)
-    ),
-    max_leaves=10,
-)
+json_scalars, json_values = json_strategies()
 phases = st.sampled_from(PHASES)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.helpers.json_strategies import json_strategies
 
 from tidesync.checksums import table_checksum
 from tidesync.schema import Schema
@@ -32,20 +33,7 @@ SETTINGS = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 
-json_scalars = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(min_value=-(1 << 70), max_value=1 << 70),
-    st.floats(allow_nan=False, allow_infinity=False),
-    st.text(max_size=40),
-)
-json_values = st.recursive(
-    json_scalars,
-    lambda inner: st.one_of(
-        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=12), inner, max_size=4)
-    ),
-    max_leaves=12,
-)
+json_scalars, json_values = json_strategies(text_size=40, key_size=12, max_leaves=12)
 names = st.one_of(
     st.sampled_from(["projects", "tasks", "id", "title", "done", "project_id", "updated_at"]),
     st.sampled_from(
