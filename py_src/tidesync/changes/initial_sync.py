@@ -349,36 +349,40 @@ class InitialSync:
         self, table: TableInfo, data: dict[str, Any], has_pending: bool, result: BatchResult
     ) -> None:
         """One snapshot row through the per-row path: validated, merged with pending changes."""
-        keep = frozenset[str]()
-        if has_pending:
-            pending = self._pending_columns(table, data)
-            if pending is not None:
-                settable = set(data) - pending - set(table.primary_key)
-                if not settable or not self._exists(table, data):
-                    result.skipped += 1  # nothing of the snapshot row is left to write
-                    return
-                keep = frozenset(pending)
+        keep = pending_keep(self._conn, table, data) if has_pending else frozenset[str]()
+        if keep is None:
+            result.skipped += 1  # nothing of the snapshot row is left to write
+            return
         if self._processor.write_row(table, data, data, keep):
             result.applied += 1
             result.tables.add(table.name)
         else:
             result.failed += 1
 
-    def _pending_columns(self, table: TableInfo, data: dict[str, Any]) -> set[str] | None:
-        """Columns written by pending local changes to this row; None when there are none."""
-        found = self._conn.execute(
-            "SELECT data FROM local_changes WHERE from_server = 0 AND state = 'pending' "
-            f"AND table_name = ? AND pk = {pk_sql(table)}",
-            [table.name, *table.key_of(data)],
-        ).fetchall()
-        if not found:
-            return None
-        columns: set[str] = set()
-        for (raw,) in found:
-            columns.update(json.loads(raw))
-        return columns
 
-    def _exists(self, table: TableInfo, data: dict[str, Any]) -> bool:
-        where = " AND ".join(f"{quote_ident(c)} = ?" for c in table.primary_key)
-        sql = f"SELECT 1 FROM {quote_ident(table.name)} WHERE {where}"
-        return self._conn.execute(sql, list(table.key_of(data))).fetchone() is not None
+def pending_keep(
+    conn: sqlite3.Connection, table: TableInfo, data: dict[str, Any]
+) -> frozenset[str] | None:
+    """How a snapshot row merges under the row's pending local changes (initial sync and table
+    re-sync alike): the columns to leave alone (empty when nothing is pending), or None when
+    nothing of the snapshot row is left to write."""
+    found = conn.execute(
+        "SELECT data FROM local_changes WHERE from_server = 0 AND state = 'pending' "
+        f"AND table_name = ? AND pk = {pk_sql(table)}",
+        [table.name, *table.key_of(data)],
+    ).fetchall()
+    if not found:
+        return frozenset()
+    pending: set[str] = set()
+    for (raw,) in found:
+        pending.update(json.loads(raw))
+    settable = set(data) - pending - set(table.primary_key)
+    if not settable or not _exists(conn, table, data):
+        return None
+    return frozenset(pending)
+
+
+def _exists(conn: sqlite3.Connection, table: TableInfo, data: dict[str, Any]) -> bool:
+    where = " AND ".join(f"{quote_ident(c)} = ?" for c in table.primary_key)
+    sql = f"SELECT 1 FROM {quote_ident(table.name)} WHERE {where}"
+    return conn.execute(sql, list(table.key_of(data))).fetchone() is not None

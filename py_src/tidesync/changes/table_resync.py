@@ -23,11 +23,10 @@ import json
 import logging
 import sqlite3
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any
 
 from tidesync.changes.db import get_state, set_state, write_transaction
 from tidesync.changes.direct_sql_processor import BatchResult, DirectSqlProcessor
-from tidesync.changes.initial_sync import InitialSync
+from tidesync.changes.initial_sync import InitialSync, pending_keep
 from tidesync.changes.local_schema import pk_sql
 from tidesync.schema import Schema, TableInfo, quote_ident
 from tidesync.worker_sync.shared.message_types import TableChange
@@ -80,29 +79,6 @@ def _clear_synced(conn: sqlite3.Connection, table: TableInfo) -> None:
     )
 
 
-def _pending_columns(
-    conn: sqlite3.Connection, table: TableInfo, data: dict[str, Any]
-) -> set[str] | None:
-    """Columns written by pending local changes to this row; None when there are none."""
-    found = conn.execute(
-        "SELECT data FROM local_changes WHERE from_server = 0 AND state = 'pending' "
-        f"AND table_name = ? AND pk = {pk_sql(table)}",
-        [table.name, *table.key_of(data)],
-    ).fetchall()
-    if not found:
-        return None
-    columns: set[str] = set()
-    for (raw,) in found:
-        columns.update(json.loads(raw))
-    return columns
-
-
-def _exists(conn: sqlite3.Connection, table: TableInfo, data: dict[str, Any]) -> bool:
-    where = " AND ".join(f"{quote_ident(c)} = ?" for c in table.primary_key)
-    sql = f"SELECT 1 FROM {quote_ident(table.name)} WHERE {where}"
-    return conn.execute(sql, list(table.key_of(data))).fetchone() is not None
-
-
 def commit_table_resync(
     conn: sqlite3.Connection,
     schema: Schema,
@@ -134,14 +110,10 @@ def commit_table_resync(
                 continue
             if table.has_updated_at:
                 data.setdefault("updated_at", updated_at)
-            keep = frozenset[str]()
-            pending = _pending_columns(conn, table, data)
-            if pending is not None:
-                settable = set(data) - pending - set(table.primary_key)
-                if not settable or not _exists(conn, table, data):
-                    result.skipped += 1  # the pending change decides this row (as in init)
-                    continue
-                keep = frozenset(pending)
+            keep = pending_keep(conn, table, data)
+            if keep is None:
+                result.skipped += 1  # the pending change decides this row (as in init)
+                continue
             if processor.write_row(table, data, data, keep):
                 result.applied += 1
             else:
