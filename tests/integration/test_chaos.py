@@ -38,6 +38,7 @@ from typing import Any
 import pytest
 from tests.helpers.server_process import ServerHandle
 from tests.helpers.tcp_proxy import TcpProxy
+from tests.helpers.waits import eventually, holds
 
 import tidesync
 from tidesync.native.client import Client
@@ -99,21 +100,6 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     w = World(tmp_path)
     yield w
     await w.close_all()
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = SYNC_TIMEOUT) -> None:
-    async def loop() -> None:
-        while not await check():
-            await asyncio.sleep(0.02)
-
-    await asyncio.wait_for(loop(), timeout)
-
-
-def holds(predicate: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
-    async def check() -> bool:
-        return predicate()
-
-    return check
 
 
 def server_lsn(server: ServerHandle) -> int:
@@ -464,20 +450,6 @@ def _server_rows_with_prefix(server: ServerHandle, prefix: str) -> int:
 
 
 # --- 3. connections broken by a proxy ----------------------------------------------------------
-
-
-@pytest.fixture
-async def proxy_to() -> AsyncIterator[Callable[[ServerHandle], Awaitable[TcpProxy]]]:
-    proxies: list[TcpProxy] = []
-
-    async def make(server: ServerHandle) -> TcpProxy:
-        proxy = await TcpProxy(server.port).start()
-        proxies.append(proxy)
-        return proxy
-
-    yield make
-    for proxy in proxies:
-        await proxy.close()
 
 
 async def test_clients_converge_after_the_proxy_resets_every_connection(

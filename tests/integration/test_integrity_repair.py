@@ -16,31 +16,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from tests.conftest import ServerFactory
 from tests.helpers.server_process import ServerHandle
 from tests.helpers.tcp_proxy import TcpProxy
+from tests.helpers.waits import eventually, holds
 
 import tidesync
 
 TIMEOUT = 30.0
 SYNC = {"heartbeat_interval": 0.5, "checksum_interval": 0}  # checks only when asked
-
-
-async def _eventually(check: Callable[[], Awaitable[bool]]) -> None:
-    async def loop() -> None:
-        while not await check():
-            await asyncio.sleep(0.05)
-
-    await asyncio.wait_for(loop(), TIMEOUT)
-
-
-async def _is(value: bool) -> bool:
-    return value
 
 
 def _behind_the_clients_back(db_path: Path, *statements: str) -> None:
@@ -100,20 +88,6 @@ def _corrupt_tasks(db_path: Path) -> None:
     )
 
 
-@pytest.fixture
-async def proxy_to() -> AsyncIterator[Callable[[ServerHandle], Awaitable[TcpProxy]]]:
-    proxies: list[TcpProxy] = []
-
-    async def make(server: ServerHandle) -> TcpProxy:
-        proxy = await TcpProxy(server.port).start()
-        proxies.append(proxy)
-        return proxy
-
-    yield make
-    for proxy in proxies:
-        await proxy.close()
-
-
 def _stall_after_local_checksums(client: Any, proxy: TcpProxy) -> None:
     """Freeze the connection right after the client read its checksums, before it judges.
 
@@ -151,11 +125,11 @@ async def test_checksum_mismatch_resyncs_and_keeps_unsent_changes(
             "DELETE FROM projects WHERE id = 'p2'",
         )
         client.verify_integrity()
-        await _eventually(lambda: _is(client.status.repairs == 1))
+        await eventually(holds(lambda: client.status.repairs == 1), TIMEOUT)
         await client.wait_until_synced(TIMEOUT)
         rows = await client.query("SELECT id, name FROM projects ORDER BY id")
         assert rows == [{"id": "p1", "name": "one"}, {"id": "p2", "name": "two"}]
-        await _eventually(lambda: _is(client.status.table_repairs == 1))
+        await eventually(holds(lambda: client.status.table_repairs == 1), TIMEOUT)
         assert client.status.full_resyncs == 0
     finally:
         await client.close()
@@ -175,7 +149,7 @@ async def test_only_the_differing_table_is_resynced_and_local_edits_made_meanwhi
         await other.wait_until_synced(TIMEOUT)
         await other.update("projects", {"id": "p2", "name": "P2 renamed"})  # the LSN moves on
         await other.wait_until_synced(TIMEOUT)
-        await _eventually(lambda: _is(client.status.lsn >= other.status.lsn))
+        await eventually(holds(lambda: client.status.lsn >= other.status.lsn), TIMEOUT)
 
         _count_writes(db_path, "projects")
         projects_before = _read(db_path, "SELECT rowid, * FROM projects ORDER BY rowid")
@@ -183,7 +157,7 @@ async def test_only_the_differing_table_is_resynced_and_local_edits_made_meanwhi
         _corrupt_tasks(db_path)
         _stall_after_local_checksums(client, proxy)
         client.verify_integrity()
-        await _eventually(lambda: _is(client.status.repairing == ("tasks",)))
+        await eventually(holds(lambda: client.status.repairing == ("tasks",)), TIMEOUT)
 
         # Written while the repair is under way: held back (nothing may be in flight
         # between the snapshot and its swap), kept on top of the snapshot, then sent.
@@ -194,7 +168,7 @@ async def test_only_the_differing_table_is_resynced_and_local_edits_made_meanwhi
         assert during.last_error is not None and "repairing tasks" in during.last_error
         proxy.resume()
 
-        await _eventually(lambda: _is(client.status.table_repairs == 1))
+        await eventually(holds(lambda: client.status.table_repairs == 1), TIMEOUT)
         await client.wait_until_synced(TIMEOUT)
         status = client.status
         assert (status.repairs, status.full_resyncs) == (1, 0)
@@ -232,11 +206,11 @@ async def test_a_repair_cut_off_midway_is_asked_again_on_the_next_connection(
         _corrupt_tasks(db_path)
         _stall_after_local_checksums(client, proxy)
         client.verify_integrity()
-        await _eventually(lambda: _is(client.status.repairing == ("tasks",)))
+        await eventually(holds(lambda: client.status.repairing == ("tasks",)), TIMEOUT)
         proxy.drop_all()  # the request never reached the server, or its answer was lost
         proxy.resume()
 
-        await _eventually(lambda: _is(client.status.table_repairs == 1))
+        await eventually(holds(lambda: client.status.table_repairs == 1), TIMEOUT)
         await client.wait_until_synced(TIMEOUT)
         assert client.status.full_resyncs == 0
         assert _rows(db_path, "tasks") == _rows(server.db_path, "tasks")
@@ -255,7 +229,7 @@ async def test_a_server_without_the_extension_gets_the_full_resync(
         await _seed(client)
         _corrupt_tasks(db_path)
         client.verify_integrity()
-        await _eventually(lambda: _is(client.status.full_resyncs == 1))
+        await eventually(holds(lambda: client.status.full_resyncs == 1), TIMEOUT)
         await client.wait_until_synced(TIMEOUT)
         status = client.status
         assert (status.repairs, status.table_repairs) == (1, 0)

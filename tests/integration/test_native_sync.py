@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.helpers.waits import eventually, holds
 
 import tidesync
 from tidesync.native.client import Client
@@ -62,14 +63,6 @@ def strip(rows_: dict[str, dict[str, Any]], *columns: str) -> dict[str, dict[str
     return {key: {c: row[c] for c in columns} for key, row in rows_.items()}
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = SYNC_TIMEOUT) -> None:
-    async def loop() -> None:
-        while not await check():
-            await asyncio.sleep(0.02)
-
-    await asyncio.wait_for(loop(), timeout)
-
-
 async def seed_projects(client: Client, count: int, prefix: str = "p") -> list[str]:
     ids = [f"{prefix}{i:05d}" for i in range(count)]
     async with client.transaction() as tx:
@@ -107,7 +100,7 @@ async def test_catchup_after_offline_edits_on_both_sides(server: Any, open_clien
     await eventually(lambda: _count(b, "projects", 20))
 
     b.go_offline()
-    await eventually(lambda: _is(lambda: not b.status.connected))
+    await eventually(holds(lambda: not b.status.connected))
     for i in range(10):
         await a.update("projects", {"id": f"p{i:05d}", "name": f"from a {i}"})
     for i in range(10, 15):
@@ -153,7 +146,7 @@ async def test_own_changes_are_not_sent_back_but_lsn_still_moves(
     await seed_projects(author, 5)
     await author.wait_until_synced(SYNC_TIMEOUT)
     server_lsn = _server_lsn(server)
-    await eventually(lambda: _is(lambda: author.status.lsn == server_lsn))
+    await eventually(holds(lambda: author.status.lsn == server_lsn))
     assert received == []
 
 
@@ -168,7 +161,7 @@ async def test_conflicting_offline_edits_converge_everywhere(
     await eventually(lambda: _count(b, "projects", 1))
     a.go_offline()
     b.go_offline()
-    await eventually(lambda: _is(lambda: not a.status.connected and not b.status.connected))
+    await eventually(holds(lambda: not a.status.connected and not b.status.connected))
     await a.update("projects", {"id": "p", "name": "a wins?"})
     await b.update("projects", {"id": "p", "name": "b wins?"})
     await a.update("projects", {"id": "p", "name": "a again"})
@@ -226,7 +219,7 @@ async def test_server_restart_mid_catchup_loses_nothing(server: Any, open_client
     behind = await open_client(server, "behind")
     await behind.wait_until_synced(SYNC_TIMEOUT)
     behind.go_offline()
-    await eventually(lambda: _is(lambda: not behind.status.connected))
+    await eventually(holds(lambda: not behind.status.connected))
     for batch in range(6):
         await seed_projects(writer, 500, prefix=f"b{batch}-")
     await writer.wait_until_synced(SYNC_TIMEOUT)
@@ -259,7 +252,7 @@ async def test_lsn_ahead_resyncs_from_scratch_and_keeps_unsent_changes(
     assert old_lsn > 0
 
     client.go_offline()
-    await eventually(lambda: _is(lambda: not client.status.connected))
+    await eventually(holds(lambda: not client.status.connected))
     await client.insert("projects", {"id": "unsent", "name": "made while the server was reset"})
     await asyncio.to_thread(server.stop)
     for suffix in ("", "-wal", "-shm"):
@@ -278,10 +271,6 @@ async def test_lsn_ahead_resyncs_from_scratch_and_keeps_unsent_changes(
 
 async def _count(client: Client, table: str, n: int) -> bool:
     return len(await client.query(f"SELECT id FROM {table}")) == n
-
-
-async def _is(predicate: Callable[[], bool]) -> bool:
-    return predicate()
 
 
 def _server_lsn(server: Any) -> int:
