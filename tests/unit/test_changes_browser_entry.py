@@ -17,6 +17,7 @@ from tidesync.changes.browser_entry import (
     decode_from_page,
     encode_for_page,
     parse_pragmas,
+    serve_sync_request,
 )
 from tidesync.changes.worker import ChangesWorker
 
@@ -52,6 +53,37 @@ async def test_a_lost_edit_is_described_with_what_was_written_and_what_won(
     described = await _describe(worker, lost[0])
     assert described["table"] == "projects" and described["operation"] == "insert"
     assert described["local"]["name"] == "mine" and described["row"]["name"] == "x"
+    await worker.close()
+
+
+async def test_changes_read_for_sending_are_flushed_to_opfs_before_they_leave(
+    tmp_path: Path,
+) -> None:
+    """A change must be power-loss durable before the server can have it (group flush)."""
+    worker = ChangesWorker(str(tmp_path / "c.db"))
+    events: list[str] = []
+
+    def to_sync(reply: dict[str, Any]) -> None:
+        events.append(f"reply {len(reply['result'] or [])}")
+
+    async def ask(cmd: str, args: dict[str, Any]) -> None:
+        await serve_sync_request(
+            worker,
+            {"id": 1, "cmd": cmd, "args": args},
+            flush=lambda: events.append("flush"),
+            to_sync=to_sync,
+            to_page=lambda _m: None,
+        )
+
+    await ask("port.unsynced_changes", {"limit": 10})
+    assert events == ["reply 0"]  # nothing to send: no flush
+    await worker.insert("projects", {"id": "p1", "name": "mine"})
+    events.clear()
+    await ask("port.unsynced_changes", {"limit": 10})
+    assert events == ["flush", "reply 1"]
+    events.clear()
+    await ask("port.local_state", {})
+    assert "flush" not in events  # only reads for sending pay for a flush
     await worker.close()
 
 

@@ -23,7 +23,14 @@ from tidesync.changes.worker import ChangesWorker
 from tidesync.changes.worker_processor import handle_request
 from tidesync.schema import Schema
 
-__all__ = ["RequestRunner", "decode_from_page", "encode_for_page", "parse_pragmas", "start"]
+__all__ = [
+    "RequestRunner",
+    "decode_from_page",
+    "encode_for_page",
+    "parse_pragmas",
+    "serve_sync_request",
+    "start",
+]
 
 log = logging.getLogger(__name__)
 
@@ -148,15 +155,9 @@ async def start(bridge: Any) -> None:
             await _close_storage(bridge)
 
     async def sync_request(data: dict[str, Any]) -> None:
-        reply = await handle_request(worker, data)
-        if data.get("id") is None:  # a one-way call (``PortRpc.post``): nobody waits
-            if not reply.get("ok"):
-                log.warning("one-way %s failed: %s", data.get("cmd"), reply.get("error"))
-            return
-        to_sync(reply)
-        if data.get("cmd") == "port.record_results" and reply.get("ok"):
-            for lost in conflicts_in(data.get("args") or {}):
-                to_page({"event": "conflict", "change": await _describe(worker, lost)})
+        await serve_sync_request(
+            worker, data, flush=storage.flushAll, to_sync=to_sync, to_page=to_page
+        )
 
     def spawn(coro: Coroutine[Any, Any, Any]) -> asyncio.Future[Any]:
         task: asyncio.Future[Any] = asyncio.ensure_future(coro)
@@ -199,6 +200,42 @@ async def start(bridge: Any) -> None:
             "timings": {"pyodideBoot": round(config.get("bootMillis") or 0), "dbOpen": opened_ms},
         }
     )
+
+
+# The Sync Worker reads these to send them to the server.
+_SENDS_CHANGES = frozenset({"port.unsynced_changes"})
+
+
+async def serve_sync_request(
+    worker: ChangesWorker,
+    data: dict[str, Any],
+    *,
+    flush: Callable[[], Any],
+    to_sync: Callable[[dict[str, Any]], None],
+    to_page: Callable[[dict[str, Any]], None],
+) -> None:
+    """Run one Sync Worker request and reply; a conflict it records goes to the page.
+
+    Why the flush: with group flush (``flushDelayMs``) a committed write is safe from
+    a crashed tab at once but from power loss only at the next flush.  A change the
+    server has accepted never comes back to its own client (catchup and live leave a
+    client's own changes out), so a change sent before it is power-loss durable could
+    be on the server and gone here after a power cut.  Changes the Sync Worker reads to
+    send are therefore flushed to OPFS before they leave this worker (one
+    ``flushAll`` per send batch; a no-op when nothing is dirty).
+    """
+    reply = await handle_request(worker, data)
+    cmd = data.get("cmd")
+    if data.get("id") is None:  # a one-way call (``PortRpc.post``): nobody waits
+        if not reply.get("ok"):
+            log.warning("one-way %s failed: %s", cmd, reply.get("error"))
+        return
+    if cmd in _SENDS_CHANGES and reply.get("ok") and reply.get("result"):
+        flush()
+    to_sync(reply)
+    if cmd == "port.record_results" and reply.get("ok"):
+        for lost in conflicts_in(data.get("args") or {}):
+            to_page({"event": "conflict", "change": await _describe(worker, lost)})
 
 
 class RequestRunner:
