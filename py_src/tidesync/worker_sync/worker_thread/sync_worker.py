@@ -22,6 +22,7 @@ import asyncio
 import logging
 import random as _random
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -112,6 +113,60 @@ class _Command:
     name: str  # "connect" | "local_change" | "online" | "offline" | "stop"
 
 
+_Input = _SocketEvent | _Command
+
+
+class _Inbox:
+    """The loop's FIFO of inputs, with one waiter.
+
+    Why not ``asyncio.Queue`` awaited through a getter task and ``asyncio.wait``:
+    that put three event-loop turns (the getter's wake-up, its done callback,
+    the loop's wake-up) between a frame and its handling, and in Pyodide each
+    turn is a browser task.  Here ``put`` wakes the loop directly: one turn.
+    """
+
+    def __init__(self) -> None:
+        self._items: deque[_Input] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: _Input) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    async def get(self, timeout: float | None) -> _Input | None:
+        """The next input, or None once ``timeout`` seconds passed without one.
+
+        Inputs already waiting are returned first, even when the timeout is
+        already over: frames that queued up while a long step ran (a big
+        snapshot's commit) go before timers, since they show the peer is alive.
+        """
+        if not self._items:
+            if timeout is not None and timeout <= 0:
+                return None
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            timer = None if timeout is None else loop.call_later(timeout, _wake, waiter)
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+                if timer is not None:
+                    timer.cancel()
+            if not self._items:
+                return None
+        return self._items.popleft()
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class SyncWorker:
     """Connects, keeps the connection alive and routes messages; see the module docstring.
 
@@ -147,7 +202,7 @@ class SyncWorker:
         self._repair = TableRepair(answer_timeout=repair_timeout)
         self._processor: MessageProcessor | None = None
         self._client_id = ""
-        self._events: asyncio.Queue[_SocketEvent | _Command] = asyncio.Queue()
+        self._events = _Inbox()
         self._gen = 0
         self._connect_lsn = 0
         self._transport: Transport | None = None
@@ -161,6 +216,10 @@ class SyncWorker:
         self._pending_dirty = True
         self._local_unseen = False  # a local commit not yet looked at by the loop
         self._loop_error: str | None = None
+        # Heartbeats while one frame's handling runs long (``_heartbeating``).
+        self._handling_since: float | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._beats: set[asyncio.Task[None]] = set()
 
     # --- public API ---------------------------------------------------------------------------
 
@@ -240,23 +299,15 @@ class SyncWorker:
     # --- the loop -----------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        getter: asyncio.Future[_SocketEvent | _Command] | None = None
         try:
             while True:
-                if getter is None:
-                    getter = asyncio.ensure_future(self._events.get())
                 deadline = _earliest(
                     self._cm.next_deadline(), self._integrity_deadline(), self._repair.deadline()
                 )
                 timeout = None if deadline is None else max(0.0, deadline - self._clock())
-                done, _ = await asyncio.wait({getter}, timeout=timeout)
-                if getter not in done and not self._events.empty():
-                    # Frames that queued up while a long step ran (a big snapshot's
-                    # commit) go before timers: they show the peer is alive.
-                    done, _ = await asyncio.wait({getter})
+                event = await self._events.get(timeout)
                 try:
-                    if getter in done:
-                        event, getter = getter.result(), None
+                    if event is not None:
                         if isinstance(event, _Command) and event.name == "stop":
                             await self._execute(self._cm.stop(self._clock()))
                             break
@@ -274,8 +325,9 @@ class SyncWorker:
                     self._loop_error = f"{type(exc).__name__}: {exc}"
                 await self._publish()
         finally:
-            if getter is not None:
-                getter.cancel()
+            self._handling_since = None
+            if self._watchdog is not None:
+                self._watchdog.cancel()
             await self._teardown_socket()
             if self._closing:
                 await asyncio.wait(self._closing, timeout=2.0)
@@ -317,18 +369,38 @@ class SyncWorker:
         Handling a frame can wait for a long local write (committing a 50,000-row
         snapshot takes ~15 s in Pyodide on a slow machine) and the loop does not tick
         meanwhile; a client silent for 3 heartbeat intervals is dropped by the server.
+        The work is awaited right here (a task per frame cost three event-loop turns
+        on the path of every live change); a watchdog timer, armed only while frames
+        are handled, sends the heartbeats (``_watch``): at most two intervals of
+        silence, under the server's three.
         """
-        task = asyncio.ensure_future(work)
+        outer = self._handling_since  # a repair commit runs inside a frame's handling
+        if outer is None:
+            self._handling_since = self._clock()
+        if self._watchdog is None:
+            interval = self._cm.heartbeat_interval / 2
+            self._watchdog = asyncio.get_running_loop().call_later(interval, self._watch)
         try:
-            while True:
-                done, _ = await asyncio.wait({task}, timeout=self._cm.heartbeat_interval)
-                if done:
-                    return task.result()
-                heartbeat = make(CltHeartbeat, self._client_id, self._wall_ms(), lsn=self._proc.lsn)
-                await self._send(heartbeat)
-        except BaseException:
-            task.cancel()
-            raise
+            return await work
+        finally:
+            if outer is None:
+                self._handling_since = None
+
+    def _watch(self) -> None:
+        """Watchdog tick: beat when the frame being handled has run for half an interval."""
+        self._watchdog = None
+        since = self._handling_since
+        if since is None:
+            return  # idle: the loop's own ticks send heartbeats; re-armed by the next frame
+        half = self._cm.heartbeat_interval / 2
+        now = self._clock()
+        if now - since >= half:
+            self._handling_since = now  # the next beat half an interval from this one
+            heartbeat = make(CltHeartbeat, self._client_id, self._wall_ms(), lsn=self._proc.lsn)
+            task = asyncio.ensure_future(self._send(heartbeat))
+            self._beats.add(task)
+            task.add_done_callback(self._beats.discard)
+        self._watchdog = asyncio.get_running_loop().call_later(half, self._watch)
 
     async def _execute(self, actions: list[Action]) -> None:
         for action in actions:
