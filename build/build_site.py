@@ -6,10 +6,11 @@ Layout produced::
     _site/
       index.html ...          copied from web_demo/ (the demo page, if any)
       manifest.json           {"pyodide", "wheel": "wheels/<file>.whl", "wheelSha256",
-                              "version", "files"}
+                              "stdlibSha256", "version", "files"}
       pyodide/                pyodide.mjs, pyodide.asm.mjs, pyodide.asm.wasm,
-                              python_stdlib.zip, pyodide-lock.json (npm package, pinned)
-      wheels/tidesync-*.whl   the pure-Python wheel built from this repository
+                              pyodide-lock.json (npm package, pinned), python_stdlib.zip
+                              (the package's, compiled to bytecode)
+      wheels/tidesync-*.whl   the pure-Python wheel built from this repository (plus bytecode)
       js/                     js_shim/ (worker bootstraps, OPFS file system, page API)
 
 Pyodide comes from the npm package ``pyodide`` pinned in build/package.json and
@@ -19,6 +20,11 @@ tree does not match the lock (a stamp file in node_modules records the lock hash
 The wheel is rebuilt only when the hash of its inputs (pyproject.toml and every
 file under py_src/) changes. Workers install it without micropip: they fetch it
 and call ``pyodide.unpackArchive(buffer, "wheel")`` (see js_shim/boot.mjs).
+
+Bytecode: Pyodide's npm package ships the stdlib as sources, which every cold boot
+compiled again in wasm. build/precompile.mjs runs the pinned Pyodide under Node to
+serve ``pyodide/python_stdlib.zip`` as ``.pyc`` (Pyodide's own "pyc" distribution)
+and to add ``__pycache__`` bytecode to the wheel (sources kept); see precompile.py.
 
 Idempotent: running it twice with nothing changed copies nothing and runs neither
 npm nor pip.
@@ -46,6 +52,9 @@ PYODIDE_FILES = (
     "python_stdlib.zip",
     "pyodide-lock.json",
 )
+# Served compiled (precompile_stdlib), not copied as npm ships it.
+STDLIB = "python_stdlib.zip"
+PRECOMPILE = (BUILD / "precompile.mjs", BUILD / "precompile.py")
 NODE_MODULES = BUILD / "node_modules"
 LOCK_STAMP = NODE_MODULES / ".tidesync-lock.sha256"
 
@@ -145,7 +154,37 @@ def sync_tree(src: Path, dst: Path, *, prune: bool = True) -> int:
 # --------------------------------------------------------------------------- wheel
 
 
-def build_wheel(inputs_hash: str) -> Path:
+def precompile(pkg_dir: Path, *jobs: tuple[str, Path, Path]) -> None:
+    """Compile to bytecode in the pinned Pyodide under Node (build/precompile.py)."""
+    node = shutil.which("node")
+    if node is None:
+        sys.exit("build_site: node not found (apt-get install nodejs npm)")
+    args = [node, str(BUILD / "precompile.mjs"), str(pkg_dir)]
+    for kind, src, dst in jobs:
+        args += [kind, str(src), str(dst)]
+    env = dict(os.environ)
+    compiled = SITE / "pyodide" / STDLIB
+    if compiled.exists() and all(kind != "stdlib" for kind, _, _ in jobs):
+        env["TIDESYNC_BOOT_STDLIB"] = str(compiled)  # boots faster; same output
+    subprocess.run(args, check=True, env=env)
+
+
+def precompile_stdlib(pkg_dir: Path) -> None:
+    """pyodide/python_stdlib.zip as bytecode, redone when Pyodide or the compiler changes."""
+    dst = SITE / "pyodide" / STDLIB
+    stamp = SITE / "pyodide" / ".stdlib.sha256"
+    want = hash_inputs([BUILD / "package-lock.json", *PRECOMPILE])
+    if dst.exists() and stamp.exists() and stamp.read_text().strip() == want:
+        return
+    log("compiling the Pyodide stdlib to bytecode")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".tmp")
+    precompile(pkg_dir, ("stdlib", pkg_dir / STDLIB, tmp))
+    os.replace(tmp, dst)
+    stamp.write_text(want + "\n")
+
+
+def build_wheel(pkg_dir: Path, inputs_hash: str) -> Path:
     wheels = SITE / "wheels"
     stamp = wheels / ".inputs.sha256"
     existing = sorted(wheels.glob("tidesync-*.whl")) if wheels.exists() else []
@@ -176,7 +215,7 @@ def build_wheel(inputs_hash: str) -> Path:
         for old in existing:
             old.unlink()
         dst = wheels / built[0].name
-        shutil.copy2(built[0], dst)
+        precompile(pkg_dir, ("wheel", built[0], dst))
     stamp.write_text(inputs_hash + "\n")
     # setuptools leaves a build/lib tree next to our sources when run in-tree.
     for leftover in (BUILD / "lib", *BUILD.glob("bdist.*")):
@@ -194,13 +233,16 @@ def main() -> int:
     pkg_dir = ensure_node_modules()
     n = 0
     for name in PYODIDE_FILES:
-        n += copy_if_changed(pkg_dir / name, SITE / "pyodide" / name)
+        if name != STDLIB:
+            n += copy_if_changed(pkg_dir / name, SITE / "pyodide" / name)
     if n:
         log(f"pyodide: copied {n} file(s)")
+    precompile_stdlib(pkg_dir)
 
+    # The lock and the compiler are inputs too: the wheel carries their bytecode.
     wheel_inputs = [ROOT / "pyproject.toml", *tree_files(ROOT / "py_src")]
-    wheel_hash = hash_inputs(wheel_inputs)
-    wheel = build_wheel(wheel_hash)
+    wheel_hash = hash_inputs([*wheel_inputs, BUILD / "package-lock.json", *PRECOMPILE])
+    wheel = build_wheel(pkg_dir, wheel_hash)
 
     n = sync_tree(ROOT / "js_shim", SITE / "js")
     if n:
@@ -212,6 +254,7 @@ def main() -> int:
 
     version_inputs = [
         BUILD / "package-lock.json",
+        *PRECOMPILE,
         *wheel_inputs,
         *tree_files(ROOT / "js_shim"),
         *tree_files(ROOT / "web_demo"),
@@ -228,6 +271,8 @@ def main() -> int:
         # Keys the workers' Pyodide memory snapshot (js_shim/boot.mjs): a snapshot taken
         # with another wheel's modules imported must never be restored.
         "wheelSha256": sha256_file(wheel),
+        # The snapshot also holds zipimport's index of this zip: keyed by it too.
+        "stdlibSha256": sha256_file(SITE / "pyodide" / STDLIB),
         "version": hash_inputs(version_inputs)[:16],
         "files": [f for f in shell if not f.endswith((".py", ".md"))],
     }

@@ -88,13 +88,16 @@ const SNAPSHOT_MODULES = [
 /**
  * Where the snapshot for this site's Pyodide and wheel is stored (a Cache Storage key;
  * nothing is served there). Keyed by the wheel's SHA-256, so a new wheel never boots
- * from the old wheel's interpreter state; null when the manifest predates the hash.
- * @param {string} siteBase @param {{pyodide?: string, wheelSha256?: string}} manifest
+ * from the old wheel's interpreter state, and by the stdlib zip's (the heap holds
+ * zipimport's index of it); null when the manifest predates the hashes.
+ * @param {string} siteBase
+ * @param {{pyodide?: string, wheelSha256?: string, stdlibSha256?: string}} manifest
  */
 export function snapshotKey(siteBase, manifest) {
-  if (!manifest.wheelSha256 || !manifest.pyodide) return null;
+  if (!manifest.wheelSha256 || !manifest.pyodide || !manifest.stdlibSha256) return null;
+  const { pyodide, stdlibSha256, wheelSha256 } = manifest;
   return new URL(
-    `.tidesync-snapshot/${SNAPSHOT_FORMAT}/${manifest.pyodide}/${manifest.wheelSha256}`,
+    `.tidesync-snapshot/${SNAPSHOT_FORMAT}/${pyodide}/${stdlibSha256}/${wheelSha256}`,
     siteBase,
   ).href;
 }
