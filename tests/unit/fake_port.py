@@ -60,7 +60,9 @@ class FakePort:
         self.staged.extend((table, c) for c in changes)
 
     async def stage_initial_json(self, table: str, changes_json: str) -> None:
-        changes = [TableChange.from_wire(item) for item in json.loads(changes_json)]
+        parsed = json.loads(changes_json)
+        items = parsed["changes"] if isinstance(parsed, dict) else parsed  # a forwarded frame
+        changes = [TableChange.from_wire(item) for item in items]
         await self.stage_initial_chunk(table, changes)
 
     async def commit_initial_sync(self, server_lsn: int) -> ApplyOutcome:

@@ -192,7 +192,8 @@ async def test_names_from_the_wire_never_reach_sql(worker: ChangesWorker, tmp_pa
     ("text", "message"),
     [
         ("[{", "not valid JSON"),
-        ('{"changes": []}', "JSON array"),
+        ('{"rows": []}', "JSON array"),
+        ('{"changes": {}}', "JSON array"),
         ('"text"', "JSON array"),
     ],
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -191,6 +192,79 @@ async def test_init_chunk_that_is_not_an_insert_is_refused_and_not_staged() -> N
     out = await proc.handle_text(bad)
     assert [e.code for e in errors(out)] == ["invalid_field"]
     assert port.called("stage_initial_chunk") == []
+
+
+class SlowStagePort(FakePort):
+    """Stages only when ``release`` is set; ``fail`` makes the next stage raise."""
+
+    def __init__(self) -> None:
+        super().__init__(lsn=0)
+        self.release = asyncio.Event()
+        self.fail = False
+        self.started: list[str] = []
+
+    async def stage_initial_json(self, table: str, changes_json: str) -> None:
+        self.started.append(table)
+        await self.release.wait()
+        if self.fail:
+            raise RuntimeError("disk full")
+        await super().stage_initial_json(table, changes_json)
+
+
+def chunk(n: int, total: int) -> str:
+    rows = (change(f"c{n}"),)
+    return srv(SrvInitChanges, changes=rows, sequence=InitSequence("tasks", n, total))
+
+
+async def test_a_chunk_is_acknowledged_once_handed_over_and_the_commit_waits_for_every_stage() -> (
+    None
+):
+    port = SlowStagePort()
+    proc, _, _ = processor(port, lsn=0)
+    await proc.handle_text(srv(SrvInitStart, server_lsn=40))
+    acks = []
+    for n in (1, 2):  # STAGE_AHEAD chunks are acknowledged before any is staged
+        acks += sent(await proc.handle_text(chunk(n, 3)))
+    assert [(m.table, m.chunk) for m in acks if isinstance(m, CltInitReceived)] == [
+        ("tasks", 1),
+        ("tasks", 2),
+    ]
+    assert port.started == ["tasks", "tasks"] and port.called("stage_initial_chunk") == []
+    third = asyncio.ensure_future(proc.handle_text(chunk(3, 3)))
+    await asyncio.sleep(0.01)
+    assert not third.done()  # two in flight: the third waits for the oldest
+    port.release.set()
+    assert [type(m) for m in sent(await third)] == [CltInitReceived]
+    out = await proc.handle_text(srv(SrvInitComplete, server_lsn=40))
+    assert [type(m) for m in sent(out)] == [CltInitProcessed]
+    assert sorted(port.rows["tasks"]) == ["row-c1", "row-c2", "row-c3"] and port.lsn == 40
+
+
+async def test_a_failed_stage_ends_the_connection_and_the_snapshot_is_aborted() -> None:
+    port = SlowStagePort()
+    proc, _, _ = processor(port, lsn=0)
+    await proc.handle_text(srv(SrvInitStart, server_lsn=40))
+    await proc.handle_text(chunk(1, 2))
+    await proc.handle_text(chunk(2, 2))
+    port.fail = True
+    port.release.set()
+    out = await proc.handle_text(srv(SrvInitComplete, server_lsn=40))
+    assert [e.code for e in errors(out)] == ["internal"]
+    assert any(isinstance(item, Reconnect) for item in out)
+    assert port.called("commit_initial_sync") == []
+    await proc.connection_lost()
+    assert port.called("abort_initial_sync") == [None]
+    assert port.rows == {} and port.lsn == 0
+
+
+async def test_disconnect_with_chunks_in_flight_aborts_after_them() -> None:
+    port = SlowStagePort()
+    proc, _, _ = processor(port, lsn=0)
+    await proc.handle_text(srv(SrvInitStart, server_lsn=40))
+    await proc.handle_text(chunk(1, 2))
+    await proc.connection_lost()  # the stage is cancelled, then the snapshot aborted
+    assert port.called("abort_initial_sync") == [None]
+    assert port.staged is None and proc.phase is P.DISCONNECTED
 
 
 async def test_disconnect_mid_initial_aborts_the_snapshot() -> None:

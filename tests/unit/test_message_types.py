@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from tidesync.worker_sync.shared.message_types import (
+    MAX_NESTING,
     MESSAGE_CLASSES,
     ChangeResult,
     ChangeStatus,
@@ -24,6 +25,7 @@ from tidesync.worker_sync.shared.message_types import (
     CltResyncTables,
     CltSendChanges,
     ErrorCode,
+    InitChunkFrame,
     InitSequence,
     Message,
     MessageType,
@@ -46,6 +48,7 @@ from tidesync.worker_sync.shared.message_types import (
     SrvTableChecksums,
     TableChange,
     decode_message,
+    decode_server_frame,
     encode_message,
     make,
 )
@@ -62,6 +65,7 @@ CHANGE = TableChange(
     lsn=0x1_0000_001F,
     client_id="client-b",
 )
+INSERT = TableChange.from_wire({**CHANGE.to_wire(), "operation": "insert"})
 LOCAL_CHANGE = TableChange(
     id="c2",
     table="tasks",
@@ -114,6 +118,9 @@ EXAMPLES: dict[type[Message], dict[str, Any]] = {
 }
 
 
+SEQ_TASKS = {"table": "tasks", "chunk": 1, "total": 1}
+
+
 def wire(message_type: str, **fields: Any) -> str:
     body = {"type": message_type, "messageId": "m-1", "timestamp": NOW, "clientId": CID}
     body.update(fields)
@@ -145,6 +152,71 @@ def test_each_side_only_accepts_its_peer_messages(cls: type[Message]) -> None:
     other = "clt" if side == "srv" else "srv"
     assert decode_message(text, expect=side).type is cls.TYPE
     assert refusal(text, expect=other).code is ErrorCode.UNKNOWN_TYPE
+
+
+@pytest.mark.parametrize("cls", list(EXAMPLES), ids=lambda c: c.TYPE.value)
+def test_server_frames_decode_as_decode_message_does_but_init_chunks_stay_text(
+    cls: type[Message],
+) -> None:
+    values = EXAMPLES[cls]
+    if cls is SrvInitChanges:  # a snapshot chunk holds inserts into its table
+        values = {**values, "changes": (INSERT,)}
+    message = make(cls, CID, NOW, **values)
+    text = encode_message(message)
+    if not cls.TYPE.value.startswith("srv_"):
+        with pytest.raises(ProtocolError) as info:
+            decode_server_frame(text)
+        assert info.value.code is ErrorCode.UNKNOWN_TYPE
+        return
+    decoded = decode_server_frame(text)
+    if cls is not SrvInitChanges:
+        assert decoded == message
+        return
+    assert isinstance(decoded, InitChunkFrame) and isinstance(message, SrvInitChanges)
+    assert decoded.type is MessageType.SRV_INIT_CHANGES and decoded.text == text
+    assert (decoded.message_id, decoded.timestamp, decoded.client_id) == (
+        message.message_id,
+        message.timestamp,
+        message.client_id,
+    )
+    assert (decoded.sequence, decoded.rows) == (message.sequence, len(message.changes))
+
+
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [
+        ({"id": ""}, ErrorCode.INVALID_FIELD),
+        ({"updated_at": "yesterday"}, ErrorCode.INVALID_FIELD),
+        ({"lsn": "nope"}, ErrorCode.INVALID_FIELD),
+        ({"data": {"id": [[[]]]}}, None),  # nested values are the Changes side's to refuse
+        ({"operation": "delete"}, ErrorCode.INVALID_FIELD),
+        ({"table": "projects"}, ErrorCode.INVALID_FIELD),
+    ],
+)
+def test_an_init_chunk_refuses_what_decode_message_refuses(
+    change: dict[str, Any], code: ErrorCode | None
+) -> None:
+    item = {**INSERT.to_wire(), **change}
+    text = wire("srv_init_changes", changes=[INSERT.to_wire(), item], sequence=SEQ_TASKS)
+    if code is None:
+        assert isinstance(decode_server_frame(text), InitChunkFrame)
+        return
+    with pytest.raises(ProtocolError) as info:
+        decode_server_frame(text)
+    assert info.value.code is code and info.value.field is not None
+    assert info.value.field.startswith("changes[1]") and info.value.ref_message_id == "m-1"
+
+
+def test_an_init_chunk_nested_too_deep_is_refused_as_decode_message_refuses_it() -> None:
+    nested: Any = 1
+    for _ in range(MAX_NESTING):
+        nested = [nested]
+    item = {**INSERT.to_wire(), "data": {"id": "x", "deep": nested}}
+    text = wire("srv_init_changes", changes=[item], sequence=SEQ_TASKS)
+    assert refusal(text).code is ErrorCode.INVALID_MESSAGE
+    with pytest.raises(ProtocolError) as info:
+        decode_server_frame(text)
+    assert info.value.code is ErrorCode.INVALID_MESSAGE
 
 
 def test_lsn_and_wire_names_follow_the_protocol() -> None:

@@ -172,13 +172,18 @@ class InitialSync:
         self._stage_items(table, [c.to_wire() for c in changes])
 
     def stage_json(self, table: str, changes_json: str) -> None:
-        """Stage one chunk given as the JSON text of its list of wire changes."""
+        """Stage one chunk given as JSON text: the list of wire changes, or the whole
+        ``srv_init_changes`` frame holding it (the Sync Worker forwards the frame it
+        received, unparsed; its envelope was checked there).  The changes are checked
+        here as always: rows that do not fit take the per-row path and are counted.
+        """
         try:
-            items = json.loads(changes_json)
+            parsed = json.loads(changes_json)
         except (ValueError, RecursionError) as exc:
             raise ValueError(f"snapshot chunk is not valid JSON: {exc}") from None
-        if not isinstance(items, list):
-            raise ValueError("snapshot chunk must be a JSON array of changes")
+        items = parsed.get("changes") if type(parsed) is dict else parsed
+        if type(items) is not list:
+            raise ValueError("snapshot chunk must be a JSON array of changes (or a frame of one)")
         self._stage_items(table, items)
 
     def _stage_items(self, table: str, items: list[Any]) -> None:

@@ -15,12 +15,18 @@ Invariants:
   copy kept here only filters replays.
 * A snapshot is committed or aborted: ``connection_lost`` during the initial
   phase calls ``abort_initial_sync``.
+* A snapshot chunk is acknowledged once handed to the port, before it is
+  staged, so the server sends the next one while the Changes side stages this
+  one (at most ``STAGE_AHEAD`` chunks are handed over and not yet staged).  The
+  commit waits for every stage; a stage that failed ends the connection
+  (``Reconnect``), and ``connection_lost`` aborts the snapshot: it starts again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +39,7 @@ from tidesync.worker_sync.shared.message_types import (
     CltInitProcessed,
     CltInitReceived,
     ErrorCode,
+    InitChunkFrame,
     Message,
     MessageType,
     Operation,
@@ -52,7 +59,7 @@ from tidesync.worker_sync.shared.message_types import (
     SrvResyncStart,
     SrvTableChecksums,
     TableChange,
-    decode_message,
+    decode_server_frame,
     make,
 )
 from tidesync.worker_sync.worker_thread.client_changes import ClientChanges
@@ -71,6 +78,11 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: Snapshot chunks handed to the port and not yet staged, at most: enough for the
+#: Changes side never to wait for the next chunk, few enough to bound the memory
+#: they hold (each ~0.7 MB of JSON text, as the server's ``init_window`` sends them).
+STAGE_AHEAD = 2
 
 #: ``srv_error`` codes after which the client starts over from ``0/0``.
 REINIT_ERROR_CODES = frozenset({ErrorCode.LSN_AHEAD.value, ErrorCode.BAD_LSN.value})
@@ -161,6 +173,7 @@ class MessageProcessor:
         self.acked_lsn = 0
         self.init_progress: InitProgress | None = None
         self._init_rows = 0
+        self._staging: list[asyncio.Future[None]] = []  # oldest first
 
     @property
     def lsn(self) -> int:
@@ -175,6 +188,11 @@ class MessageProcessor:
 
     async def connection_lost(self) -> None:
         """The connection ended: a snapshot not yet committed is dropped."""
+        staging, self._staging = self._staging, []
+        for task in staging:
+            task.cancel()  # one not yet posted never is; a posted one runs before the abort
+        if staging:
+            await asyncio.gather(*staging, return_exceptions=True)
         if self.phase is SyncPhase.INITIAL:
             log.info("connection lost during the initial sync; the snapshot is dropped")
             await self._port.abort_initial_sync()
@@ -184,13 +202,13 @@ class MessageProcessor:
     async def handle_text(self, text: str) -> list[Instruction]:
         """Decode, check the phase, apply, answer.  Never raises for server input."""
         try:
-            message = decode_message(text, expect="srv")
+            message = decode_server_frame(text)
         except ProtocolError as exc:
             log.warning("undecodable server frame (%s): %s", exc.code, exc.message)
             return [self._error_reply(exc.code, exc.message, exc.ref_message_id)]
         return await self.handle(message)
 
-    async def handle(self, message: Message) -> list[Instruction]:
+    async def handle(self, message: Message | InitChunkFrame) -> list[Instruction]:
         next_phase = PHASE_TABLE.get((self.phase, message.type))
         if next_phase is None:
             text = f"{message.type.value} does not fit phase {self.phase.value}"
@@ -217,19 +235,38 @@ class MessageProcessor:
         self._init_rows = 0
         return []
 
-    async def _on_init_changes(self, msg: SrvInitChanges) -> list[Instruction]:
+    async def _on_init_changes(self, msg: SrvInitChanges | InitChunkFrame) -> list[Instruction]:
         seq = msg.sequence
-        for index, change in enumerate(msg.changes):
-            if change.operation is not Operation.INSERT or change.table != seq.table:
-                text = f"changes[{index}] must be an insert into {seq.table!r}"
-                log.warning("malformed srv_init_changes: %s", text)
-                return [self._error_reply(ErrorCode.INVALID_FIELD, text, msg.message_id)]
-        await self._port.stage_initial_chunk(seq.table, msg.changes)
-        self._init_rows += len(msg.changes)
+        if isinstance(msg, InitChunkFrame):  # the Changes side decodes the rows
+            rows = msg.rows
+            await self._stage_ahead(self._port.stage_initial_json(seq.table, msg.text))
+        else:
+            for index, change in enumerate(msg.changes):
+                if change.operation is not Operation.INSERT or change.table != seq.table:
+                    text = f"changes[{index}] must be an insert into {seq.table!r}"
+                    log.warning("malformed srv_init_changes: %s", text)
+                    return [self._error_reply(ErrorCode.INVALID_FIELD, text, msg.message_id)]
+            rows = len(msg.changes)
+            await self._stage_ahead(self._port.stage_initial_chunk(seq.table, msg.changes))
+        self._init_rows += rows
         self.init_progress = InitProgress(seq.table, seq.chunk, seq.total, self._init_rows)
         return [Send(self._make(CltInitReceived, table=seq.table, chunk=seq.chunk))]
 
+    async def _stage_ahead(self, stage: Coroutine[Any, Any, None]) -> None:
+        """Hand a chunk to the port without waiting for it to be staged (module docstring).
+
+        Waits first for the oldest stages while ``STAGE_AHEAD`` are in flight (a
+        failed one raises here).  The new stage's task gets one loop turn before
+        this returns, so its port call is posted before any call made after it.
+        """
+        while len(self._staging) >= STAGE_AHEAD:
+            await self._staging.pop(0)
+        self._staging.append(asyncio.ensure_future(stage))
+        await asyncio.sleep(0)
+
     async def _on_init_complete(self, msg: SrvInitComplete) -> list[Instruction]:
+        while self._staging:  # every chunk staged before the commit; a failure raises
+            await self._staging.pop(0)
         outcome = await self._port.commit_initial_sync(msg.server_lsn)
         self._lsn = LsnManager(max(outcome.lsn, msg.server_lsn))
         log.info("initial sync committed at %s (%d rows)", format_lsn(self.lsn), self._init_rows)
