@@ -134,3 +134,42 @@ def test_empty_batch_puts_nothing_in_flight() -> None:
 def test_batch_size_must_be_positive() -> None:
     with pytest.raises(ValueError, match="batch_size"):
         ClientChanges(batch_size=0)
+
+
+def test_backlog_says_when_the_pending_count_and_the_next_read_are_known() -> None:
+    cc = ClientChanges(batch_size=3)
+    assert cc.backlog and cc.pending() is None  # nothing read yet: ask the database
+    cc.reading()
+    cc.start_batch(changes(2), "m1")  # the read returned less than the limit: all of it
+    assert not cc.backlog and cc.pending() == 2
+    cc.on_applied(applied("c0", "c1"))
+    assert cc.pending() == 0  # results settle them; nothing else waits
+    cc.local_commit()
+    assert cc.backlog and cc.pending() is None
+
+
+def test_a_commit_heard_of_while_the_read_is_on_its_way_keeps_the_backlog() -> None:
+    cc = ClientChanges()
+    cc.reading()
+    cc.local_commit()  # its event arrived before the read's answer
+    cc.start_batch(changes(1), "m1")
+    assert cc.backlog
+
+
+def test_anything_left_pending_outside_the_batch_sets_the_backlog() -> None:
+    full = ClientChanges(batch_size=2)
+    full.reading()
+    full.start_batch(changes(2), "m1")  # the read hit its limit: more may wait
+    assert full.backlog
+    for leave in ("applied_ids", "fail", "disconnect"):
+        cc = ClientChanges()
+        cc.reading()
+        cc.start_batch(changes(2), "m1")
+        assert not cc.backlog
+        if leave == "applied_ids":
+            cc.on_applied(applied("c0"), ["c0", "c1"])  # c1 cleared without a result
+        elif leave == "fail":
+            cc.fail_batch()
+        else:
+            cc.on_disconnect()
+        assert cc.backlog, leave

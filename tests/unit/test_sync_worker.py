@@ -498,3 +498,52 @@ async def test_a_connection_lost_mid_repair_asks_again_on_the_next_connection() 
     assert again.tables == ("tasks",)
     assert not port.called("reset_for_reinit")
     await w.stop()
+
+
+async def test_settled_batch_costs_no_read_or_recount_and_a_racing_commit_still_goes_out() -> None:
+    """After a batch is answered with nothing new committed, the worker neither reads the
+    unsynced changes again nor recounts pending (two round trips per change in the
+    browser); a commit notified while a read is on its way is still sent."""
+    port, net = FakePort(lsn=5), FakeNetwork()
+    w = worker(port, net)
+    await w.start()
+    sock = await net.next_socket()
+    await go_live(sock)
+    await w.wait_until_synced(WAIT)
+    asks: list[str] = []
+    read, state = port.unsynced_changes, port.local_state
+
+    async def counting_read(limit: int) -> list[TableChange]:
+        asks.append("read")
+        found = await read(limit)
+        if not port.called("racer") and [c.id for c in found] == ["a"]:
+            port.calls.append(("racer", None))
+            port.add_local("racer")  # committed after the read looked
+            w.notify_local_change()
+        return found
+
+    async def counting_state() -> Any:
+        asks.append("state")
+        return await state()
+
+    port.unsynced_changes = counting_read  # type: ignore[method-assign]
+    port.local_state = counting_state  # type: ignore[method-assign]
+    port.add_local("a")
+    w.notify_local_change()
+    assert [c.id for c in (await sock.expect(CltSendChanges)).changes] == ["a"]
+    sock.push(
+        SrvChangesApplied,
+        applied_changes=("a",),
+        results=(ChangeResult(id="a", status=ChangeStatus.APPLIED, lsn=6),),
+    )
+    assert [c.id for c in (await sock.expect(CltSendChanges)).changes] == ["racer"]
+    asks.clear()
+    sock.push(
+        SrvChangesApplied,
+        applied_changes=("racer",),
+        results=(ChangeResult(id="racer", status=ChangeStatus.APPLIED, lsn=7),),
+    )
+    sock.push(SrvLsnUpdate, lsn=7)
+    await until(w, lambda s: s.lsn == 7 and s.pending == 0)
+    assert asks == []
+    await w.stop()

@@ -119,12 +119,13 @@ class RemoteChangesPort:
     log this server will write).
 
     With ``notify`` (a one-way post on the same ordered channel),
-    ``observe_server_time`` does not wait for an answer: it runs for every
-    server frame, and a round trip for it would sit on the live path in front
-    of every ``apply_server_changes``.  The channel is FIFO and the Changes
-    side handles calls in arrival order, so the clock is fed before any call
-    posted after it; a time not above one already posted is not sent at all
-    (the clock only ever takes the maximum).
+    ``observe_server_time`` and ``mark_sent`` do not wait for an answer.  The
+    clock is fed for every server frame, and a round trip for it would sit on
+    the live path in front of every ``apply_server_changes``.  The channel is
+    FIFO and the Changes side handles calls in arrival order, so the clock is
+    fed (and an attempt counted) before any call posted after it; a time not
+    above one already posted is not sent at all (the clock only ever takes the
+    maximum).
     """
 
     def __init__(self, call: Call, notify: Notify | None = None) -> None:
@@ -190,7 +191,14 @@ class RemoteChangesPort:
         return _changes(await self._call("port.unsynced_changes", {"limit": limit}))
 
     async def mark_sent(self, change_ids: Sequence[str]) -> None:
-        await self._call("port.mark_sent", {"change_ids": list(change_ids)})
+        """One-way with ``notify``: the count of attempts is informational and nothing
+        waits on it; its answer would only wake the Sync Worker while the change it
+        just sent is on its way (a failure is logged by the Changes side).
+        """
+        if self._notify is None:
+            await self._call("port.mark_sent", {"change_ids": list(change_ids)})
+        else:
+            self._notify("port.mark_sent", {"change_ids": list(change_ids)})
 
     async def record_results(self, results: Sequence[ChangeResult]) -> ApplyOutcome:
         raw = await self._call("port.record_results", {"results": results_to_wire(results)})

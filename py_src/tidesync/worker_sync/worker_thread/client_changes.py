@@ -13,8 +13,15 @@ put on *this* connection, so that:
   sent again after reconnecting (PROTOCOL.md "Client changes" 4; the change
   ids make the resend idempotent on the server).
 
-Call order per batch: ``can_send`` -> ``start_batch`` -> (``on_received``) ->
-``on_applied``; ``on_disconnect`` at any time.
+* ``backlog`` says whether changes may wait in the database beyond those in
+  flight; while it is False the pending count is ``len(in_flight)`` and a
+  flush has nothing to read, so neither costs a round trip to the Changes
+  Worker.  Anything that may leave a change pending outside the batch sets it
+  (a local commit: ``local_commit``; a batch cut short, refused or lost).
+
+Call order per batch: ``can_send`` -> ``reading`` -> ``start_batch`` ->
+(``on_received``) -> ``on_applied``; ``local_commit`` and ``on_disconnect`` at
+any time.
 """
 
 from __future__ import annotations
@@ -54,6 +61,8 @@ class ClientChanges:
     batch_bytes: int = DEFAULT_BATCH_BYTES
     _in_flight: dict[str, bool] = field(default_factory=dict)  # id -> received by server
     _batch_message_id: str | None = None
+    #: Changes may be pending in the database that are not in flight (see the module doc).
+    backlog: bool = True
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -72,13 +81,31 @@ class ClientChanges:
     def can_send(self) -> bool:
         return not self._in_flight
 
+    def local_commit(self) -> None:
+        """A local commit recorded changes: they may be waiting outside the batch."""
+        self.backlog = True
+
+    def reading(self) -> None:
+        """The unsynced changes are about to be read: whatever waits, the read will see.
+
+        Called before the read is sent, so a commit heard of while it is on its way
+        (``local_commit``) sets ``backlog`` again.
+        """
+        self.backlog = False
+
+    def pending(self) -> int | None:
+        """How many local changes await the server, when known without asking; else None."""
+        return None if self.backlog else len(self._in_flight)
+
     def start_batch(
         self, unsynced: Sequence[TableChange], message_id: str
     ) -> tuple[TableChange, ...]:
         """Take the next batch and mark it in flight.
 
         Oldest first, at most ``batch_size`` changes and ``batch_bytes`` of encoded
-        changes (always at least one change).
+        changes (always at least one change).  ``unsynced`` is what the read after
+        ``reading`` returned (at most ``batch_size``): when it filled the limit or the
+        batch leaves some of it, more is waiting (``backlog``).
         """
         if self._in_flight:
             raise RuntimeError("a batch is already in flight; wait for srv_changes_applied")
@@ -90,6 +117,8 @@ class ClientChanges:
                 break
             taken.append(change)
         batch = tuple(taken)
+        if len(unsynced) >= self.batch_size or len(batch) < len(unsynced):
+            self.backlog = True
         self._in_flight = {change.id: False for change in batch}
         self._batch_message_id = message_id if batch else None
         return batch
@@ -117,13 +146,15 @@ class ClientChanges:
                 continue
             known.append(result)
         for change_id in applied_ids:
-            self._in_flight.pop(change_id, None)
+            if self._in_flight.pop(change_id, None) is not None:
+                self.backlog = True  # cleared without a result: still pending locally
         return known
 
     def fail_batch(self) -> tuple[str, ...]:
         """The server refused the whole batch (``srv_error`` for it): nothing in flight."""
         dropped = self.in_flight
         self._in_flight.clear()
+        self.backlog = True
         return dropped
 
     def on_disconnect(self) -> tuple[str, ...]:
@@ -135,4 +166,5 @@ class ClientChanges:
             )
         self._in_flight.clear()
         self._batch_message_id = None
+        self.backlog = True
         return dropped

@@ -263,6 +263,7 @@ class SyncWorker:
         """A local commit happened: update ``pending`` and, when live, send it."""
         self._local_unseen = True
         self._pending_dirty = True
+        self._changes.local_commit()
         self._events.put_nowait(_Command("local_change"))
 
     def verify_integrity(self) -> None:
@@ -576,9 +577,14 @@ class SyncWorker:
             return
         if self._repair.blocks_sending:
             return  # results must not land between a repair's snapshot and its swap
-        if not self._changes.can_send():
-            return
-        unsynced = await self._port.unsynced_changes(self._changes.batch_size)
+        if not self._changes.can_send() or not self._changes.backlog:
+            return  # nothing waits beyond what is in flight: no read needed
+        self._changes.reading()
+        try:
+            unsynced = await self._port.unsynced_changes(self._changes.batch_size)
+        except BaseException:
+            self._changes.local_commit()  # not read after all: still unknown
+            raise
         if not unsynced:
             return
         message_id = new_message_id()
@@ -660,7 +666,10 @@ class SyncWorker:
     async def _publish(self) -> None:
         if self._pending_dirty:
             self._pending_dirty = False
-            self._pending = (await self._port.local_state()).pending_count
+            known = self._changes.pending()  # without a round trip when nothing is unread
+            if known is None:
+                known = (await self._port.local_state()).pending_count
+            self._pending = known
         proc, now = self._proc, self._clock()
         status = SyncStatus(
             connected=self._cm.connected,
