@@ -7,16 +7,21 @@
 
 These are NOT tidesync clients: each is one WebSocket speaking PROTOCOL.md JSON directly
 (connect at the server's current LSN, acknowledge srv_live_changes with clt_changes_applied,
-answer catchup chunks, heartbeat), so that thousands fit in one CPython process. One more
-raw client is the writer. All clients share one asyncio loop, so a delivery time includes
-this process's own queueing behind the other clients' frames (it is an upper bound on the
-server's part).
+answer catchup chunks, heartbeat every 20 s), so that 10,000 fit in one CPython process:
+each is a bare asyncio Protocol (bench/rawws.py, no task per connection) whose frames are
+handled in a plain callback.  Every listener gets the same live batches, so a batch's
+``changes`` text is parsed once per distinct text and its ids reused (the frame's own fields
+are still read per client).  One more raw client is the writer.  All clients share one
+asyncio loop, so a delivery time includes this process's own queueing behind the other
+clients' frames (it is an upper bound on the server's part); the CPU seconds of the server
+and of this process are reported per phase, a figure machine load does not inflate.
 
 Measures
   fan-out latency  the writer sends one change (clt_send_changes); the time until each
                    listener's srv_live_changes carrying it is received; sequential changes
   throughput       the writer sends --burst changes in batches of 100 (4 batches in flight);
                    server-applied changes/s (writer's view) and deliveries/s to all listeners
+  exactly once     every listener must have received each change the writer sent once
 """
 
 from __future__ import annotations
@@ -25,16 +30,22 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import resource
 import statistics
+import sys
 import time
 import urllib.request
 import uuid
 from typing import Any
 
-import websockets
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from rawws import RawWebSocket, connect
 
 HEARTBEAT_S = 20.0
+_LIVE_HEAD = '{"type":"srv_live_changes",'
+_CHANGES_KEY = ',"changes":'
+_LSN_KEY = ',"lastLSN":'
 
 
 def now_ms() -> int:
@@ -58,61 +69,93 @@ def frame(client_id: str, type_: str, **fields: Any) -> str:
     )
 
 
+class Batches:
+    """Parsed ``changes`` arrays by their text: one parse per distinct batch, not per client."""
+
+    def __init__(self, stats: Stats) -> None:
+        self.stats = stats
+        self._seen: dict[str, tuple[int, str, list[str]]] = {}
+
+    def get(self, changes_text: str) -> tuple[int, str, list[str]]:
+        """(number of changes, their ids as JSON text, the ids the benchmark waits for)."""
+        entry = self._seen.get(changes_text)
+        if entry is None:
+            ids = [c["id"] for c in json.loads(changes_text)]
+            entry = (len(ids), json.dumps(ids), [i for i in ids if i in self.stats.waiting])
+            if len(self._seen) >= 256:
+                self._seen.clear()
+            self._seen[changes_text] = entry
+        return entry
+
+
 class Listener:
-    def __init__(self, url: str, lsn: str, stats: Stats):
+    def __init__(self, url: str, lsn: str, stats: Stats, batches: Batches):
         self.id = str(uuid.uuid4())
         self.url = f"{url}?clientId={self.id}&lsn={lsn}"
         self.lsn = lsn
         self.stats = stats
-        self.live = asyncio.Event()
-        self.ws: Any = None
+        self.batches = batches
+        self.live = asyncio.get_running_loop().create_future()
+        self.ws: RawWebSocket | None = None
+        self.received = 0  # changes, for the exactly-once check
 
     async def connect(self) -> None:
-        self.ws = await websockets.connect(
-            self.url, max_size=8 << 20, compression=None, ping_interval=None, open_timeout=120
+        self.ws = await connect(self.url, self.on_text)
+
+    def send(self, text: str) -> None:
+        assert self.ws is not None
+        self.ws.send_text(text)
+
+    def on_text(self, raw: str, t: float) -> None:
+        if raw.startswith(_LIVE_HEAD):
+            i, j = raw.find(_CHANGES_KEY), raw.rfind(_LSN_KEY)
+            if 0 < i < j:
+                count, ids_json, waited = self.batches.get(raw[i + len(_CHANGES_KEY) : j])
+                self.lsn = json.loads(raw[j + len(_LSN_KEY) : -1])
+                self.live_batch(count, ids_json, waited, t)
+                return
+        msg = json.loads(raw)
+        kind = msg.get("type")
+        if kind == "srv_live_changes":
+            ids = [c["id"] for c in msg.get("changes", [])]
+            self.lsn = msg.get("lastLSN", self.lsn)
+            waited = [i for i in ids if i in self.stats.waiting]
+            self.live_batch(len(ids), json.dumps(ids), waited, t)
+        elif kind == "srv_catchup_changes":
+            self.lsn = msg.get("lastLSN", self.lsn)
+            chunk = msg["sequence"]["chunk"]
+            self.send(frame(self.id, "clt_catchup_received", chunk=chunk, lsn=self.lsn))
+        elif kind == "srv_catchup_completed":
+            self.lsn = msg.get("finalLSN", self.lsn)
+            if not self.live.done():
+                self.live.set_result(None)
+        elif kind == "srv_lsn_update":
+            self.lsn = msg.get("lsn", self.lsn)
+        elif kind == "srv_error":
+            self.stats.errors.append(msg.get("code", "?"))
+
+    def live_batch(self, count: int, ids_json: str, waited: list[str], t: float) -> None:
+        self.received += count
+        if waited:
+            self.stats.received(waited, t)
+        self.send(
+            f'{{"type":"clt_changes_applied","messageId":"{uuid.uuid4()}",'
+            f'"timestamp":{now_ms()},"clientId":"{self.id}",'
+            f'"changeIds":{ids_json},"lastLSN":{json.dumps(self.lsn)}}}'
         )
 
-    async def run(self) -> None:
-        ws = self.ws
-        hb = asyncio.create_task(self.heartbeat())
-        try:
-            async for raw in ws:
-                t = time.time()
-                msg = json.loads(raw)
-                kind = msg.get("type")
-                if kind == "srv_live_changes":
-                    ids = [c["id"] for c in msg.get("changes", [])]
-                    self.stats.received(ids, t)
-                    self.lsn = msg.get("lastLSN", self.lsn)
-                    await ws.send(
-                        frame(self.id, "clt_changes_applied", changeIds=ids, lastLSN=self.lsn)
-                    )
-                elif kind == "srv_catchup_changes":
-                    self.lsn = msg.get("lastLSN", self.lsn)
-                    await ws.send(
-                        frame(
-                            self.id,
-                            "clt_catchup_received",
-                            chunk=msg["sequence"]["chunk"],
-                            lsn=self.lsn,
-                        )
-                    )
-                elif kind == "srv_catchup_completed":
-                    self.lsn = msg.get("finalLSN", self.lsn)
-                    self.live.set()
-                elif kind == "srv_lsn_update":
-                    self.lsn = msg.get("lsn", self.lsn)
-                elif kind == "srv_error":
-                    self.stats.errors.append(msg.get("code", "?"))
-        except websockets.ConnectionClosed:
-            pass
-        finally:
-            hb.cancel()
+    def heartbeat(self) -> None:
+        self.send(frame(self.id, "clt_heartbeat", lsn=self.lsn, active=True))
 
-    async def heartbeat(self) -> None:
-        while True:
-            await asyncio.sleep(HEARTBEAT_S)
-            await self.ws.send(frame(self.id, "clt_heartbeat", lsn=self.lsn, active=True))
+
+async def heartbeats(listeners: list[Listener]) -> None:
+    """Each listener heartbeats every HEARTBEAT_S, spread over the interval (one task)."""
+    step = 0
+    while True:
+        await asyncio.sleep(1.0)
+        step += 1
+        for li in listeners[step % int(HEARTBEAT_S) :: int(HEARTBEAT_S)]:
+            li.heartbeat()
 
 
 class Stats:
@@ -121,7 +164,8 @@ class Stats:
         self.errors: list[str] = []
 
     def expect(self, change_id: str, count: int) -> tuple[asyncio.Event, list[float]]:
-        ev, times = asyncio.Event(), []
+        ev = asyncio.Event()
+        times: list[float] = []
         self.waiting[change_id] = (count, ev, times)
         return ev, times
 
@@ -141,30 +185,25 @@ class Writer:
         self.url = f"{url}?clientId={self.id}&lsn={lsn}"
         self.applied: asyncio.Queue[tuple[float, int]] = asyncio.Queue()
         self.ready = asyncio.Event()
+        self.ws: RawWebSocket | None = None
 
-    async def run(self) -> None:
-        async with websockets.connect(
-            self.url, compression=None, ping_interval=None, max_size=8 << 20
-        ) as ws:
-            self.ws = ws
-            async for raw in ws:
-                msg = json.loads(raw)
-                kind = msg.get("type")
-                if kind == "srv_catchup_completed":
-                    self.ready.set()
-                elif kind == "srv_changes_applied":
-                    ok = sum(1 for r in msg.get("results", []) if r.get("status") == "applied")
-                    self.applied.put_nowait((time.time(), ok))
-                elif kind == "srv_live_changes":
-                    ids = [c["id"] for c in msg.get("changes", [])]
-                    await ws.send(
-                        frame(
-                            self.id,
-                            "clt_changes_applied",
-                            changeIds=ids,
-                            lastLSN=msg.get("lastLSN"),
-                        )
-                    )
+    async def connect(self) -> None:
+        self.ws = await connect(self.url, self.on_text)
+
+    def on_text(self, raw: str, t: float) -> None:
+        assert self.ws is not None
+        msg = json.loads(raw)
+        kind = msg.get("type")
+        if kind == "srv_catchup_completed":
+            self.ready.set()
+        elif kind == "srv_changes_applied":
+            ok = sum(1 for r in msg.get("results", []) if r.get("status") == "applied")
+            self.applied.put_nowait((t, ok))
+        elif kind == "srv_live_changes":
+            ids = [c["id"] for c in msg.get("changes", [])]
+            self.ws.send_text(
+                frame(self.id, "clt_changes_applied", changeIds=ids, lastLSN=msg.get("lastLSN"))
+            )
 
     def change(self) -> dict[str, Any]:
         pid = f"fan-{uuid.uuid4()}"
@@ -177,8 +216,38 @@ class Writer:
             "updated_at": stamp,
         }
 
-    async def send(self, changes: list[dict[str, Any]]) -> None:
-        await self.ws.send(frame(self.id, "clt_send_changes", changes=changes))
+    def send(self, changes: list[dict[str, Any]]) -> None:
+        assert self.ws is not None
+        self.ws.send_text(frame(self.id, "clt_send_changes", changes=changes))
+
+
+def cpu_s(pid: int | None) -> float | None:
+    """User + system CPU seconds of process ``pid`` so far (None when unknown)."""
+    if not pid:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Phases:
+    """CPU seconds of the server and of this process, phase by phase."""
+
+    def __init__(self, server_pid: int | None) -> None:
+        self.pid = server_pid
+        self.server: dict[str, float | None] = {}
+        self.client: dict[str, float] = {}
+        self._mark = (cpu_s(server_pid), time.process_time())
+
+    def end(self, name: str) -> None:
+        server, client = cpu_s(self.pid), time.process_time()
+        if server is not None and self._mark[0] is not None:
+            self.server[name] = round(server - self._mark[0], 2)
+        self.client[name] = round(client - self._mark[1], 2)
+        self._mark = (server, client)
 
 
 def rss_mib(pid: int | None) -> float | None:
@@ -203,40 +272,48 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     with urllib.request.urlopen(args.http + "/api/health") as r:
         lsn = json.loads(r.read())["lsn"]
     stats = Stats()
-    listeners = [Listener(args.url, lsn, stats) for _ in range(args.clients)]
+    batches = Batches(stats)
+    listeners = [Listener(args.url, lsn, stats, batches) for _ in range(args.clients)]
+    phases = Phases(args.server_pid)
     t0 = time.monotonic()
-    sem = asyncio.Semaphore(64)
+    sem = asyncio.Semaphore(args.connect_concurrency)
 
-    async def connect(li: Listener) -> None:
+    async def connect_one(li: Listener) -> None:
         async with sem:
             for attempt in range(5):
                 try:
-                    await li.connect()
+                    await asyncio.wait_for(li.connect(), 120)
                     return
-                except (OSError, websockets.InvalidHandshake, TimeoutError):
+                except (OSError, TimeoutError):
                     if attempt == 4:
                         raise
                     await asyncio.sleep(0.5 * (attempt + 1))
 
-    await asyncio.gather(*(connect(li) for li in listeners))
-    tasks = [asyncio.create_task(li.run()) for li in listeners]
-    await asyncio.wait_for(asyncio.gather(*(li.live.wait() for li in listeners)), 300)
+    await asyncio.gather(*(connect_one(li) for li in listeners))
+    connected_s = time.monotonic() - t0
+    await asyncio.wait_for(asyncio.gather(*(li.live for li in listeners)), 300)
     connect_s = time.monotonic() - t0
+    phases.end("connect")
     print(
-        f"  fanout: {args.clients} raw clients connected and live in {connect_s:.1f} s", flush=True
+        f"  fanout: {args.clients} raw clients connected in {connected_s:.1f} s, "
+        f"live in {connect_s:.1f} s",
+        flush=True,
     )
+    hb = asyncio.create_task(heartbeats(listeners))
     writer = Writer(args.url, lsn)
-    wtask = asyncio.create_task(writer.run())
+    await writer.connect()
     await asyncio.wait_for(writer.ready.wait(), 60)
 
     # fan-out latency: sequential single changes
     per_delivery: list[float] = []
     all_received: list[float] = []
+    sent_total = 0
     for i in range(args.changes + 3):
         ch = writer.change()
         ev, times = stats.expect(ch["id"], args.clients)
         ts = time.time()
-        await writer.send([ch])
+        writer.send([ch])
+        sent_total += 1
         try:
             await asyncio.wait_for(ev.wait(), args.timeout)
         except TimeoutError:
@@ -248,6 +325,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             per_delivery.extend((t - ts) * 1000 for t in times)
             all_received.append((max(times) - ts) * 1000)
         await asyncio.sleep(0.05)
+    phases.end("fanout")
 
     # throughput: a burst of changes in batches of 100, 4 batches in flight
     batch, in_flight = 100, 4
@@ -261,7 +339,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     t_applied_last = tb
     while applied < args.burst:
         while outstanding < in_flight and sent < args.burst:
-            await writer.send(changes[sent : sent + batch])
+            writer.send(changes[sent : sent + batch])
             sent += min(batch, args.burst - sent)
             outstanding += 1
         t_done, ok = await asyncio.wait_for(writer.applied.get(), 120)
@@ -270,16 +348,22 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         t_applied_last = t_done
         if ok == 0:
             break
+    sent_total += sent
     await asyncio.wait_for(last_ev.wait(), 300)
     t_all = time.time()
+    phases.end("burst")
     server_rss = rss_mib(args.server_pid)
-    for t in (*tasks, wtask):
-        t.cancel()
-    await asyncio.gather(*tasks, wtask, return_exceptions=True)
+    hb.cancel()
+    off = [li.received for li in listeners if li.received != sent_total]
+    for ws in [li.ws for li in listeners] + [writer.ws]:
+        if ws is not None:
+            ws.close()
     return {
         "clients": args.clients,
-        "client_kind": "raw-protocol WebSocket (bench/fanout.py), no local DB, one asyncio process",
+        "client_kind": "raw-protocol WebSocket (bench/fanout.py, bench/rawws.py), no local DB, "
+        "one asyncio process",
         "connect_s": connect_s,
+        "connected_s": connected_s,
         "changes": args.changes,
         "delivery_p50_ms": pct(per_delivery, 50),
         "delivery_p99_ms": pct(per_delivery, 99),
@@ -299,6 +383,13 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "applied_per_s": applied / max(1e-9, t_applied_last - tb),
         "all_delivered_s": t_all - tb,
         "deliveries_per_s": args.burst * args.clients / max(1e-9, t_all - tb),
+        "exactly_once": {
+            "changes_sent": sent_total,
+            "listeners_off": len(off),
+            "off_counts": sorted(set(off))[:10],
+        },
+        "server_cpu_s": phases.server,
+        "client_cpu_s": phases.client,
         "server_rss_mib": server_rss,
         "client_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "protocol_errors": stats.errors[:20],
@@ -317,6 +408,9 @@ def main() -> int:
     ap.add_argument("--json")
     ap.add_argument("--timeout", type=float, default=120.0, help="per change, s")
     ap.add_argument("--server-pid", type=int)
+    ap.add_argument(
+        "--connect-concurrency", type=int, default=256, help="handshakes in flight at once"
+    )
     args = ap.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     with contextlib.suppress(ValueError, OSError):
@@ -325,7 +419,8 @@ def main() -> int:
     print(
         f"  fanout {args.clients}: delivery p50 {res['delivery_p50_ms']:.1f} ms, p99 "
         f"{res['delivery_p99_ms']:.1f} ms; applied {res['applied_per_s']:,.0f}/s; "
-        f"deliveries {res['deliveries_per_s']:,.0f}/s",
+        f"deliveries {res['deliveries_per_s']:,.0f}/s; server CPU s {res['server_cpu_s']}; "
+        f"exactly once: {res['exactly_once']}",
         flush=True,
     )
     if args.json:
