@@ -75,6 +75,9 @@ const SNAPSHOT_MODULES = [
  *   valid one for this Pyodide and this wheel (falls back to a normal boot otherwise)
  * @property {boolean} [makeSnapshot] after a normal boot, take a snapshot and store it
  *   (`pyodide.snapshotStored` settles when it is stored, or failed to be)
+ * @property {Uint8Array} [snapshot] a snapshot to restore instead of the stored one: the
+ *   Changes Worker hands over the heap it just took or restored (`pyodide.snapshotBytes`),
+ *   so the Sync Worker neither waits for the store nor reads it back
  */
 
 /**
@@ -121,29 +124,34 @@ async function readSnapshot(key) {
   return bytes;
 }
 
-/** Store `bytes` under `key` and drop every other (stale) snapshot. @param {string} key @param {Uint8Array} bytes */
-async function storeSnapshot(key, bytes) {
-  const cache = await snapshotCache();
-  if (!cache) return;
-  await cache.put(
-    key,
-    new Response(bytes, {
-      headers: {
-        "content-type": "application/octet-stream",
-        "x-tidesync-snapshot-bytes": String(bytes.length),
-      },
-    }),
-  );
-  for (const old of await cache.keys()) {
-    if (old.url !== key) await cache.delete(old);
-  }
+/**
+ * Store `bytes` under `key` and drop every other (stale) snapshot. The Response copies
+ * the bytes before this returns, so the caller may transfer them away at once.
+ * @param {string} key @param {Uint8Array} bytes @returns {Promise<void>}
+ */
+function storeSnapshot(key, bytes) {
+  const response = new Response(bytes, {
+    headers: {
+      "content-type": "application/octet-stream",
+      "x-tidesync-snapshot-bytes": String(bytes.length),
+    },
+  });
+  return (async () => {
+    const cache = await snapshotCache();
+    if (!cache) return;
+    await cache.put(key, response);
+    for (const old of await cache.keys()) {
+      if (old.url !== key) await cache.delete(old);
+    }
+  })();
 }
 
 /**
  * @param {string} siteBase absolute URL of the site root (ends with "/")
  * @param {BootOptions} [options] default: a normal boot, no snapshot read or written
  * @returns {Promise<any>} the Pyodide API object, with tidesync importable; it also carries
- *   `bootMillis`, `bootInfo` (BootInfo) and `snapshotStored` (a Promise that never rejects)
+ *   `bootMillis`, `bootInfo` (BootInfo), `snapshotStored` (a Promise that never rejects) and
+ *   `snapshotBytes` (the heap it restored or took, for another worker; else null)
  *
  * Memory snapshot: Pyodide can restore its whole wasm heap from a snapshot taken after
  * tidesync's modules were imported (`_loadSnapshot`), which skips the interpreter's
@@ -174,9 +182,11 @@ export async function bootPyodide(siteBase, options = {}) {
   const info = { snapshot: "none", millis: 0 };
   /** @type {any} */
   let pyodide = null;
+  /** @type {Uint8Array|null} */
+  let snapshotBytes = null;
   if (key && options.useSnapshot) {
     try {
-      const bytes = await readSnapshot(key);
+      const bytes = options.snapshot ?? (await readSnapshot(key));
       if (bytes) {
         pyodide = await loadPyodide({ indexURL, _loadSnapshot: bytes });
         // Pyodide keeps its config for the instance's life: let the 30 MB copy go.
@@ -186,6 +196,7 @@ export async function bootPyodide(siteBase, options = {}) {
         );
         if (missing.length) throw new Error(`snapshot lacks ${missing.join(", ")}`);
         info.snapshot = "loaded";
+        snapshotBytes = bytes;
       }
     } catch (err) {
       // Never trust it again: a normal boot below, and a new snapshot if this worker makes them.
@@ -207,6 +218,7 @@ export async function bootPyodide(siteBase, options = {}) {
       for (const name of SNAPSHOT_MODULES) pyodide.pyimport(name).destroy();
       const bytes = pyodide.makeMemorySnapshot();
       info.snapshot = "made";
+      snapshotBytes = bytes;
       stored = storeSnapshot(key, bytes).catch((err) => {
         console.warn("tidesync: could not store the boot snapshot", err);
         info.error = String(err);
@@ -229,5 +241,6 @@ export async function bootPyodide(siteBase, options = {}) {
   pyodide.bootMillis = info.millis;
   pyodide.bootInfo = info;
   pyodide.snapshotStored = stored;
+  pyodide.snapshotBytes = snapshotBytes;
   return pyodide;
 }

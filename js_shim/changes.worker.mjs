@@ -3,8 +3,9 @@
  * Changes Worker bootstrap: the one owner of the SQLite database on OPFS.
  *
  * Loads Pyodide (from the boot snapshot when there is one; on a boot without one it
- * takes it, for the next start and for the Sync Worker, which the page starts after this
- * worker is ready), mounts the OPFS file system under SQLite, then hands control to
+ * takes it and stores it for the next start in the background), hands that heap to the
+ * page for the Sync Worker (started after this worker is ready, it restores it without
+ * reading Cache Storage), mounts the OPFS file system under SQLite, then hands control to
  * `tidesync.changes.browser_entry`. The page posts `{kind: "init", config}` with
  * one end of the MessageChannel to the Sync Worker; every later message (page
  * requests, Sync Worker requests) is handled in Python.
@@ -21,6 +22,10 @@ try {
   const useSnapshot = config.snapshot !== false;
   const pyodide = await bootPyodide(config.siteBase, { useSnapshot, makeSnapshot: useSnapshot });
   self.postMessage({ event: "booted", worker: "changes", boot: pyodide.bootInfo });
+  const bytes = pyodide.snapshotBytes;
+  pyodide.snapshotBytes = null;
+  // Transferred, not copied (30 MB); a page without sync has no use for it.
+  if (bytes && config.sync !== false) self.postMessage({ event: "snapshot", bytes }, [bytes.buffer]);
   const dbFile = `${config.name}.sqlite3`;
   const mounting = mountOpfs(pyodide, {
     mountPoint: "/opfs",
@@ -32,8 +37,8 @@ try {
     // return; the power-loss flush runs at most once per flushDelayMs.
     flushDelayMs: config.flushDelayMs ?? 0,
   });
-  // Stored before the database opens, so the Sync Worker (started on "ready") boots from it.
-  const [storage] = await Promise.all([mounting, pyodide.snapshotStored]);
+  // The snapshot is stored meanwhile: nothing here waits for it.
+  const storage = await mounting;
   const entry = pyodide.pyimport("tidesync.changes.browser_entry");
   await entry.start({
     config: { ...config, dbPath: `/opfs/${dbFile}`, bootMillis: pyodide.bootMillis },

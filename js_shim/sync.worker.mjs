@@ -2,8 +2,8 @@
 /**
  * Sync Worker bootstrap: the one owner of the WebSocket to the sync server.
  *
- * Loads Pyodide (from the boot snapshot the Changes Worker stored, when there is one;
- * it never takes one itself), then hands control to
+ * Loads Pyodide (from the boot snapshot the Changes Worker restored or took, handed over
+ * by the page, else the stored one; it never takes one itself), then hands control to
  * `tidesync.worker_sync.worker_thread.browser_entry`, which reaches the Changes
  * Worker through the MessageChannel port it is given and the server through
  * `js.WebSocket`.
@@ -16,7 +16,10 @@ const config = init.data.config;
 const changesPort = init.ports[0];
 
 try {
-  const pyodide = await bootPyodide(config.siteBase, { useSnapshot: config.snapshot !== false });
+  const pyodide = await bootPyodide(config.siteBase, {
+    useSnapshot: config.snapshot !== false,
+    snapshot: init.data.snapshot ?? undefined,
+  });
   self.postMessage({ event: "booted", worker: "sync", boot: pyodide.bootInfo });
   const entry = pyodide.pyimport("tidesync.worker_sync.worker_thread.browser_entry");
   await entry.start({

@@ -387,7 +387,13 @@ export class TideSync {
     this._workers.push(changes);
     const channel = new MessageChannel();
     this._rpc = new Rpc(changes, (data) => this._onWorkerEvent(data), true);
-    changes.onmessage = (ev) => this._rpc?.receive(ev.data);
+    /** @type {Uint8Array|null} the Changes Worker's heap, for the Sync Worker's boot */
+    let snapshot = null;
+    changes.onmessage = (ev) => {
+      // Kept here, never forwarded to other tabs (30 MB).
+      if (ev.data?.event === "snapshot" && ev.data.bytes instanceof Uint8Array) snapshot = ev.data.bytes;
+      else this._rpc?.receive(ev.data);
+    };
     const ready = new Promise((resolve, reject) => { this._onReady = resolve; this._onFatal = reject; });
     changes.postMessage({ kind: "init", config }, [channel.port1]);
     this._setStatus({ role: "leader" });
@@ -395,15 +401,19 @@ export class TideSync {
     this._watchPage();
     await ready;
     // The Sync Worker starts once local data is readable: two Pyodide boots at once would
-    // share the cores and delay that; it then boots from the snapshot the Changes Worker
-    // stored. Messages the Changes Worker posts to it meanwhile wait in the channel.
+    // share the cores and delay that; it then boots from the heap the Changes Worker
+    // restored or took (handed over, not read back from Cache Storage). Messages the
+    // Changes Worker posts to it meanwhile wait in the channel.
+    const heap = snapshot;
+    snapshot = null;
     if (opts.sync && !this._closed) {
       const sync = new Worker(new URL("./sync.worker.mjs", import.meta.url), { type: "module", name: "tidesync-sync" });
       this._workers.push(sync);
       sync.onmessage = (ev) => {
         if (ev.data?.event === "fatal" || ev.data?.event === "booted") this._onWorkerEvent(ev.data);
       };
-      sync.postMessage({ kind: "init", config }, [channel.port2]);
+      const transfer = heap ? [channel.port2, heap.buffer] : [channel.port2];
+      sync.postMessage({ kind: "init", config, snapshot: heap }, transfer);
     }
   }
 

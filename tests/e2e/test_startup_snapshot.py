@@ -1,10 +1,11 @@
 """Startup from Pyodide's memory snapshot (js_shim/boot.mjs) in real Chromium.
 
-The first open boots Pyodide normally in the Changes Worker and stores a snapshot of
-its heap with tidesync imported; the Sync Worker, started once local data is readable,
-and every later open boot from it. The snapshot is keyed by the wheel's SHA-256 (a new
-wheel never restores the old one's modules) and a snapshot that does not load falls
-back to a normal boot.
+The first open boots Pyodide normally in the Changes Worker and takes a snapshot of
+its heap with tidesync imported, stored in the background (the database does not wait
+for it); the Sync Worker, started once local data is readable, restores that heap
+(handed over by the page), and every later open boots from the stored one. The
+snapshot is keyed by the wheel's SHA-256 (a new wheel never restores the old one's
+modules) and a snapshot that does not load falls back to a normal boot.
 """
 
 from __future__ import annotations
@@ -70,6 +71,12 @@ def _open(context: Any, server: Any) -> Any:
     return page
 
 
+def _stored_snapshot(page: Any) -> list[str]:
+    """The snapshot keys once the background store has put one (it never blocks the open)."""
+    page.wait_for_function(f"({SNAPSHOT_KEYS})().then((keys) => keys.length > 0)")
+    return page.evaluate(SNAPSHOT_KEYS)  # type: ignore[no-any-return]
+
+
 def _close(page: Any) -> None:
     page.evaluate("db.close()")
     page.close()
@@ -94,14 +101,14 @@ def test_warm_start_boots_both_workers_from_the_snapshot(
     context: Any, server: Any, site_copy: Path
 ) -> None:
     page = _open(context, server)
-    # Cold: the Changes Worker takes the snapshot before opening the database, so the
-    # Sync Worker (started after it) already boots from it.
+    # Cold: the Changes Worker takes the snapshot before opening the database and the
+    # Sync Worker (started after it) boots from that heap.
     assert _boot(page) == {"changes": "made", "sync": "loaded"}
     page.evaluate("db.insert('tasks', {id: 'snap-1', title: 'written before the reload'})")
     page.wait_for_function(LIVE, timeout=TIMEOUT_MS)
     before = _tasks(page)
     assert {"id": "snap-1", "title": "written before the reload"} in before
-    keys = page.evaluate(SNAPSHOT_KEYS)
+    keys = _stored_snapshot(page)
     assert len(keys) == 1 and keys[0].endswith(_manifest(site_copy)["wheelSha256"])
     _close(page)
 
@@ -127,7 +134,9 @@ def test_a_new_wheel_never_boots_from_the_old_snapshot(
     context: Any, server: Any, site_copy: Path
 ) -> None:
     site = site_copy
-    _close(_open(context, server))  # stores the snapshot of the first wheel
+    page = _open(context, server)
+    _stored_snapshot(page)  # the snapshot of the first wheel
+    _close(page)
     old_sha = _manifest(site)["wheelSha256"]
 
     # Deploy a different wheel at the same origin (one more file in the archive).
@@ -140,6 +149,8 @@ def test_a_new_wheel_never_boots_from_the_old_snapshot(
 
     page = _open(context, server)
     assert _boot(page) == {"changes": "made", "sync": "loaded"}
+    new_key = f"(k) => k.endsWith('{manifest['wheelSha256']}')"
+    page.wait_for_function(f"({SNAPSHOT_KEYS})().then((keys) => keys.some({new_key}))")
     keys = page.evaluate(SNAPSHOT_KEYS)
     assert len(keys) == 1 and keys[0].endswith(manifest["wheelSha256"]), keys
     assert not any(old_sha in k for k in keys)
@@ -150,6 +161,7 @@ def test_a_snapshot_that_does_not_load_falls_back_to_a_normal_boot(
     context: Any, server: Any
 ) -> None:
     page = _open(context, server)
+    _stored_snapshot(page)
     page.evaluate("db.insert('tasks', {id: 'snap-3', title: 'still here'})")
     page.wait_for_function(LIVE, timeout=TIMEOUT_MS)
     # Replace the stored heap with garbage of a plausible size (the length check passes).
@@ -168,6 +180,7 @@ def test_a_snapshot_that_does_not_load_falls_back_to_a_normal_boot(
     # The Changes Worker could not restore it, booted normally and stored a new one.
     assert _boot(page) == {"changes": "made", "sync": "loaded"}
     assert {"id": "snap-3", "title": "still here"} in _tasks(page)
+    _stored_snapshot(page)
     _close(page)
 
     page = _open(context, server)
