@@ -19,7 +19,7 @@ from tidesync.changes.worker_processor import (
     command_from_dict,
     handle_request,
 )
-from tidesync.worker_sync.shared.port_codec import RemoteChangesPort
+from tidesync.worker_sync.shared.port_codec import RemoteChangesPort, channel_text
 
 
 @pytest.fixture
@@ -197,3 +197,12 @@ async def test_pending_count_command_reports_unacknowledged_changes(
     assert await call(worker, "pendingCount") == {"id": 7, "ok": True, "result": 1}
     reply = await call(worker, "query", sql="DELETE FROM projects")
     assert reply["ok"] is False and "read-only" in reply["error"]["message"]
+
+
+def test_channel_text_carries_port_messages_exactly_or_declines() -> None:
+    """Between the workers a message crosses as JSON text when that is exact."""
+    message = {"id": 7, "ok": True, "result": [{"big": 2**63 - 1, "f": 0.1, "s": "ä\u2028"}]}
+    text = channel_text(message)
+    assert text is not None and json.loads(text) == message
+    assert channel_text({"result": [{"blob": b"\x00"}]}) is None  # bytes: posted as an object
+    assert channel_text({"result": [float("nan")]}) is None  # NaN is not JSON

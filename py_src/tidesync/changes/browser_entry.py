@@ -22,6 +22,7 @@ from typing import Any
 from tidesync.changes.worker import ChangesWorker
 from tidesync.changes.worker_processor import handle_request
 from tidesync.schema import Schema
+from tidesync.worker_sync.shared.port_codec import channel_text
 
 __all__ = [
     "RequestRunner",
@@ -68,7 +69,8 @@ def encode_for_page(message: Mapping[str, Any]) -> str | None:
 
 
 def decode_from_page(raw: Any) -> Any:
-    """A request as the page sent it: JSON text (``tidesync.mjs``, plain values) or an object.
+    """A request as the page or the Sync Worker sent it: JSON text (``tidesync.mjs``,
+    ``port_codec.channel_text``) or an object.
 
     Raises ``ValueError`` for text that is not JSON; the result is checked by
     ``worker_processor.command_from_dict`` like any other request.
@@ -120,7 +122,8 @@ async def start(bridge: Any) -> None:
         bridge.post(text if text is not None else to_js_value(message))
 
     def to_sync(message: dict[str, Any]) -> None:
-        sync_port.postMessage(to_js_value(message))
+        text = channel_text(message)
+        sync_port.postMessage(text if text is not None else to_js_value(message))
 
     worker.on_local_change(lambda: to_sync({"event": "local_change"}))
     worker.on_tables_changed(
@@ -179,7 +182,10 @@ async def start(bridge: Any) -> None:
             log.warning("ignoring a page message that is not a request")
 
     def on_sync_message(event: Any) -> None:
-        data = from_js(event.data)
+        try:
+            data = decode_from_page(event.data)  # JSON text (``channel_text``) or an object
+        except (ValueError, RecursionError):
+            data = None
         if not isinstance(data, dict):
             log.warning("ignoring a non-object message from the Sync Worker")
         elif "cmd" in data:

@@ -28,7 +28,13 @@ from tidesync.worker_sync.shared.message_types import (
     results_to_wire,
 )
 
-__all__ = ["PORT_PREFIX", "RemoteChangesPort", "dispatch_port_call", "is_port_call"]
+__all__ = [
+    "PORT_PREFIX",
+    "RemoteChangesPort",
+    "channel_text",
+    "dispatch_port_call",
+    "is_port_call",
+]
 
 PORT_PREFIX = "port."
 Call = Callable[[str, dict[str, Any]], Awaitable[Any]]
@@ -38,6 +44,22 @@ Notify = Callable[[str, dict[str, Any]], None]
 
 def is_port_call(cmd: object) -> bool:
     return isinstance(cmd, str) and cmd.startswith(PORT_PREFIX)
+
+
+def channel_text(message: dict[str, Any]) -> str | None:
+    """``message`` as JSON text for the channel between the workers; None when JSON
+    cannot carry it (bytes, NaN), and the caller posts a converted JS object instead.
+
+    Why text: Pyodide's ``to_js`` on one side and ``to_py`` on the other build a
+    proxy per dict and list, which cost more than ``json.dumps``/``json.loads``
+    and a string crossing (as for the page's requests, see ``encode_for_page``);
+    every change crosses this channel several times.  Both ends are Python, so
+    large integers stay exact.
+    """
+    try:
+        return json.dumps(message, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError):
+        return None
 
 
 def _outcome_to_wire(outcome: ApplyOutcome) -> dict[str, Any]:

@@ -11,11 +11,12 @@ to the page).  The browser's ``online``/``offline`` events and the page's
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from typing import Any
 
-from tidesync.worker_sync.shared.port_codec import RemoteChangesPort
+from tidesync.worker_sync.shared.port_codec import RemoteChangesPort, channel_text
 from tidesync.worker_sync.worker_thread.browser_websocket import BrowserWebSocketTransport
 from tidesync.worker_sync.worker_thread.status import SyncStatus
 from tidesync.worker_sync.worker_thread.sync_worker import SyncWorker
@@ -47,30 +48,35 @@ class PortRpc:
         js_port.onmessage = self._proxies.proxy(self._receive)
 
     async def call(self, cmd: str, args: dict[str, Any]) -> Any:
-        from tidesync._pyodide import to_js_value
-
         ident = self._next
         self._next += 1
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiting[ident] = future
-        self._port.postMessage(to_js_value({"id": ident, "cmd": cmd, "args": args}))
+        self._send({"id": ident, "cmd": cmd, "args": args})
         return await future
 
     def post(self, cmd: str, args: dict[str, Any]) -> None:
         """A call nobody waits for: without an ``id`` the Changes Worker sends no answer."""
-        from tidesync._pyodide import to_js_value
-
-        self._port.postMessage(to_js_value({"cmd": cmd, "args": args}))
+        self._send({"cmd": cmd, "args": args})
 
     def notify(self, event: dict[str, Any]) -> None:
+        self._send(event)
+
+    def _send(self, message: dict[str, Any]) -> None:
+        """JSON text when it carries the message exactly (``channel_text``), else an object."""
         from tidesync._pyodide import to_js_value
 
-        self._port.postMessage(to_js_value(event))
+        text = channel_text(message)
+        self._port.postMessage(text if text is not None else to_js_value(message))
 
     def _receive(self, event: Any) -> None:
         from tidesync._pyodide import from_js
 
-        data = from_js(event.data)
+        raw = event.data
+        try:
+            data = json.loads(raw) if isinstance(raw, str) else from_js(raw)
+        except (ValueError, RecursionError):
+            data = None
         if not isinstance(data, dict):
             log.warning("ignoring a non-object message from the Changes Worker")
             return
