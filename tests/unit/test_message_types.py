@@ -340,6 +340,9 @@ GOOD_CHANGE = {
         (wire("srv_heartbeat", clientId="x" * 200), "clientId"),
         (wire("srv_changes_received", changeIds="c1"), "changeIds"),
         (wire("srv_changes_received", changeIds=["c1", 2]), "changeIds[1]"),
+        (wire("clt_changes_applied", changeIds=["c1", ""], lastLSN="0/1"), "changeIds[1]"),
+        (wire("clt_changes_applied", changeIds=["c", "x" * 129], lastLSN="0/1"), "changeIds[1]"),
+        (wire("clt_changes_applied", changeIds=[None], lastLSN="0/1"), "changeIds[0]"),
         (wire("clt_heartbeat", lsn="0/1", active="yes"), "active"),
         (wire("clt_init_received", table="t", chunk=True), "chunk"),
         (
@@ -372,6 +375,12 @@ def test_invalid_field_is_named_with_its_path(text: str, field: str) -> None:
     error = refusal(text)
     assert (error.code, error.field) == (ErrorCode.INVALID_FIELD, field)
     assert field in error.message
+
+
+@pytest.mark.parametrize("ids", [[], ["c1"], [f"c{i}" for i in range(500)], ["x" * 128]])
+def test_an_id_list_decodes_to_the_same_ids(ids: list[str]) -> None:
+    msg = decode_message(wire("clt_changes_applied", changeIds=ids, lastLSN="0/1"))
+    assert isinstance(msg, CltChangesApplied) and msg.change_ids == tuple(ids)
 
 
 def test_every_message_type_has_a_class() -> None:

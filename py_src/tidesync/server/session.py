@@ -227,9 +227,11 @@ class Session:
         self.last_heard = now_ms
         if self.phase is Phase.CLOSED:
             return Output()
-        size = len(text.encode("utf-8")) if isinstance(text, str) else len(text)
-        if size > self.config.max_frame_bytes:
-            limit = self.config.max_frame_bytes
+        limit = self.config.max_frame_bytes
+        size = len(text)
+        if isinstance(text, str) and 4 * size > limit:  # <= 4 UTF-8 bytes a code point
+            size = len(text.encode("utf-8"))
+        if size > limit:
             return self._error(ErrorCode.FRAME_TOO_LARGE, f"frame over {limit} bytes", None, now_ms)
         if not self._take_token(now_ms):
             return self._error(ErrorCode.RATE_LIMITED, "too many messages; slow down", None, now_ms)
