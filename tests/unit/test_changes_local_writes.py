@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from tidesync.changes import local_schema
 from tidesync.changes.db import stored_clock
 from tidesync.changes.worker import ChangesWorker
 from tidesync.changes.writes import WriteError, WriteOp
@@ -282,3 +283,46 @@ async def test_a_database_from_before_ts_ctx_hlc_keeps_its_clock(tmp_path: Path)
     newest = (await changes(second))[-1]["updated_at"]
     assert parse_timestamp(newest) == T0 + 5001
     await second.close()
+
+
+async def test_a_local_changes_table_with_autoincrement_is_rebuilt_without_it(
+    tmp_path: Path,
+) -> None:
+    """Files made when ``seq`` was AUTOINCREMENT (a ``sqlite_sequence`` write per commit)
+    are rebuilt on open: every row and seq kept, triggers and indexes back, new changes
+    after the old ones."""
+    path = str(tmp_path / "client.db")
+    old = sqlite3.connect(path)
+    old.executescript(
+        local_schema.LOCAL_DDL.replace(
+            "seq INTEGER PRIMARY KEY,", "seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+        )
+    )
+    for seq, state in ((1, "synced"), (2, "pending"), (5, "pending")):
+        old.execute(
+            "INSERT INTO local_changes (seq, id, table_name, operation, pk, data, updated_at, "
+            "state) VALUES (?, ?, 'projects', 'insert', ?, '{}', '2025-01-01T00:00:00.000Z', ?)",
+            (seq, f"c{seq}", f'["p{seq}"]', state),
+        )
+    old.commit()
+    assert old.execute("SELECT seq FROM sqlite_sequence").fetchone() == (5,)
+    old.close()
+
+    worker = ChangesWorker(path, now_ms=fixed_clock())
+    await worker.insert("projects", {"id": "new", "name": "N"})
+    rows = await changes(worker)
+    assert [(r["seq"], r["id"]) for r in rows[:3]] == [(1, "c1"), (2, "c2"), (5, "c5")]
+    assert rows[3]["seq"] == 6 and rows[3]["pk"] == '["new"]'  # recorded by the trigger
+    assert [c.id for c in await worker.unsynced_changes(10)] == ["c2", "c5", rows[3]["id"]]
+    await worker.close()
+
+    conn = sqlite3.connect(path)
+    [sql] = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'local_changes'").fetchone()
+    assert "AUTOINCREMENT" not in sql.upper()
+    indexes = {r[1] for r in conn.execute("PRAGMA index_list(local_changes)")}
+    assert {"local_changes_unsynced", "local_changes_row"} <= indexes
+    assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    conn.close()
+    again = ChangesWorker(path, now_ms=fixed_clock())  # nothing left to migrate
+    assert len(await changes(again)) == 4
+    await again.close()

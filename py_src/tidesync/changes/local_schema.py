@@ -45,9 +45,12 @@ PENDING = "pending"
 NOW_SQL = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
 INTERNAL_TABLES = ("local_changes", "sync_state", "_ts_ctx")
 
-LOCAL_DDL = f"""
-CREATE TABLE IF NOT EXISTS local_changes (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+# ``seq`` is a plain rowid alias, not AUTOINCREMENT: that would write ``sqlite_sequence``
+# (a page more) on every commit.  Nothing deletes ``local_changes`` rows, so a new seq
+# is always max(seq) + 1, the order AUTOINCREMENT gave (databases made with it are
+# rebuilt on open: ``migrate_local_tables``).
+_LOCAL_CHANGES_COLUMNS = f"""
+    seq INTEGER PRIMARY KEY,
     id TEXT NOT NULL UNIQUE,
     table_name TEXT NOT NULL,
     operation TEXT NOT NULL CHECK (operation IN ('insert', 'update', 'delete')),
@@ -66,11 +69,17 @@ CREATE TABLE IF NOT EXISTS local_changes (
     lsn INTEGER,
     created_at TEXT NOT NULL DEFAULT ({NOW_SQL}),
     modified_at TEXT NOT NULL DEFAULT ({NOW_SQL})
-);
-CREATE INDEX IF NOT EXISTS local_changes_unsynced
-    ON local_changes (seq) WHERE from_server = 0 AND state = 'pending';
-CREATE INDEX IF NOT EXISTS local_changes_row
-    ON local_changes (table_name, pk) WHERE from_server = 0 AND state IN ('pending', 'synced');
+"""
+_LOCAL_CHANGES_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS local_changes_unsynced "
+    "ON local_changes (seq) WHERE from_server = 0 AND state = 'pending'",
+    "CREATE INDEX IF NOT EXISTS local_changes_row "
+    "ON local_changes (table_name, pk) WHERE from_server = 0 AND state IN ('pending', 'synced')",
+)
+
+LOCAL_DDL = f"""
+CREATE TABLE IF NOT EXISTS local_changes ({_LOCAL_CHANGES_COLUMNS});
+{";".join(_LOCAL_CHANGES_INDEXES)};
 CREATE TABLE IF NOT EXISTS sync_state (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS _ts_ctx (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -200,6 +209,8 @@ def migrate_local_tables(conn: sqlite3.Connection) -> None:
     Run before ``LOCAL_DDL``: early databases named ``modified_at``
     ``updated_at_row``; the rename keeps their history (no rows are rewritten).
     ``_ts_ctx.hlc`` (the persisted clock) is added to databases made before it.
+    A ``local_changes`` made with ``seq ... AUTOINCREMENT`` is rebuilt without it
+    (``_drop_autoincrement``).
     """
     columns = {row[1] for row in conn.execute("PRAGMA table_info(local_changes)")}
     if "updated_at_row" in columns and "modified_at" not in columns:
@@ -207,6 +218,44 @@ def migrate_local_tables(conn: sqlite3.Connection) -> None:
     ctx_columns = {row[1] for row in conn.execute("PRAGMA table_info(_ts_ctx)")}
     if ctx_columns and "hlc" not in ctx_columns:
         conn.execute("ALTER TABLE _ts_ctx ADD COLUMN hlc INTEGER NOT NULL DEFAULT 0")
+    row = conn.execute(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'local_changes'"
+    ).fetchone()
+    if row is not None and "AUTOINCREMENT" in str(row[0]).upper():
+        _drop_autoincrement(conn)
+
+
+def _drop_autoincrement(conn: sqlite3.Connection) -> None:
+    """Rebuild ``local_changes`` with a plain ``seq`` rowid, every row and seq kept.
+
+    One transaction: the file holds the old table or the new one, never neither.
+    The recording triggers name ``local_changes`` and would stop the rename, so they
+    are dropped here; ``prepare_database`` creates them again right after.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for (name,) in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'trigger' "
+            "AND substr(name, 1, 7) = '_ts_lc_'"
+        ).fetchall():
+            conn.execute(f"DROP TRIGGER {quote_ident(name)}")
+        conn.execute(f"CREATE TABLE _ts_local_changes_new ({_LOCAL_CHANGES_COLUMNS})")
+        old = {r[1] for r in conn.execute("PRAGMA table_info(local_changes)")}
+        new = [r[1] for r in conn.execute("PRAGMA table_info(_ts_local_changes_new)")]
+        cols = ", ".join(quote_ident(c) for c in new if c in old)
+        conn.execute(
+            f"INSERT INTO _ts_local_changes_new ({cols}) "
+            f"SELECT {cols} FROM local_changes ORDER BY seq"
+        )
+        conn.execute("DROP TABLE local_changes")
+        conn.execute("ALTER TABLE _ts_local_changes_new RENAME TO local_changes")
+        for statement in _LOCAL_CHANGES_INDEXES:
+            conn.execute(statement)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 def install_triggers(conn: sqlite3.Connection, schema: Schema) -> None:

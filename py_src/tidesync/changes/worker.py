@@ -192,15 +192,10 @@ class ChangesWorker:
     async def transaction(self) -> AsyncIterator[Transaction]:
         """``async with worker.transaction() as tx``: commit at the end, roll back on error."""
         async with self._lock:
-            before = self._max_seq()
+            self._writer.touched.start()
             with write_transaction(self._conn, applying=False, clock=self._clock):
                 yield Transaction(self._writer, self._conn)
-            tables = [
-                r[0]
-                for r in self._conn.execute(
-                    "SELECT DISTINCT table_name FROM local_changes WHERE seq > ?", (before,)
-                )
-            ]
+            tables = self._writer.touched.finish()
         if tables:
             self._local_listeners.emit()
             self._tables_changed(tables, "local")
@@ -431,11 +426,6 @@ class ChangesWorker:
 
     def _initialized(self) -> bool:
         return get_state(self._conn, "initialized") == "1"
-
-    def _max_seq(self) -> int:
-        return int(
-            self._conn.execute("SELECT COALESCE(max(seq), 0) FROM local_changes").fetchone()[0]
-        )
 
     def _clock(self) -> int:
         return self._hlc.last

@@ -16,6 +16,7 @@ from typing import Any
 
 from tidesync.changes.db import set_now
 from tidesync.changes.local_schema import INTERNAL_TABLES
+from tidesync.changes.touched import TouchedTables
 from tidesync.schema import Schema, TableInfo, quote_ident
 
 __all__ = [
@@ -129,6 +130,7 @@ class LocalWriter:
         self._conn = conn
         self._schema = schema
         self._tick = tick
+        self.touched = TouchedTables(conn)
 
     def run(self, op: WriteOp) -> WriteResult:
         if op.op == "execute":
@@ -144,6 +146,7 @@ class LocalWriter:
 
     def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> WriteResult:
         """Raw SQL; writes to synced tables are recorded by the triggers."""
+        self.touched.raw()
         set_now(self._conn, self._tick())
         self._conn.set_authorizer(_guard)
         try:
@@ -156,6 +159,8 @@ class LocalWriter:
         info, data = self._prepare(table, row, full_row=True)
         cols = list(data)
         return self._run(
+            info,
+            "insert",
             f"INSERT INTO {quote_ident(info.name)} ({_idents(cols)}) VALUES ({_marks(cols)})",
             [data[c] for c in cols],
         )
@@ -165,7 +170,7 @@ class LocalWriter:
         info, data = self._prepare(table, row, full_row=True)
         cols = list(data)
         others = [c for c in cols if c not in info.primary_key]
-        return self._run(upsert_sql(info, cols, others), [data[c] for c in cols])
+        return self._run(info, "upsert", upsert_sql(info, cols, others), [data[c] for c in cols])
 
     def update(self, table: object, row: Mapping[str, Any]) -> WriteResult:
         """``row`` holds the key plus the columns to change."""
@@ -175,6 +180,8 @@ class LocalWriter:
         info, data = self._prepare(table, row, full_row=False)
         sets = [c for c in data if c not in info.primary_key]
         return self._run(
+            info,
+            "update",
             f"UPDATE {quote_ident(info.name)} SET "
             + ", ".join(f"{quote_ident(c)} = ?" for c in sets)
             + f" WHERE {key_where(info)}",
@@ -193,10 +200,13 @@ class LocalWriter:
         if problem:
             raise WriteError(problem)
         set_now(self._conn, self._tick())
-        cursor = self._conn.execute(
-            f"DELETE FROM {quote_ident(info.name)} WHERE {key_where(info)}", list(data.values())
+        result = self._run(
+            info,
+            "delete",
+            f"DELETE FROM {quote_ident(info.name)} WHERE {key_where(info)}",
+            list(data.values()),
         )
-        return {"rowsAffected": cursor.rowcount, "lastInsertRowid": None}
+        return {**result, "lastInsertRowid": None}
 
     def _table(self, table: object) -> TableInfo:
         info = self._schema.table(table)
@@ -221,8 +231,10 @@ class LocalWriter:
         set_now(self._conn, now)
         return info, data
 
-    def _run(self, sql: str, params: list[Any]) -> WriteResult:
+    def _run(self, info: TableInfo, op: str, sql: str, params: list[Any]) -> WriteResult:
+        self.touched.before(info.name, op)
         cursor = self._conn.execute(sql, params)
+        self.touched.after(info.name, cursor.rowcount)
         return {"rowsAffected": cursor.rowcount, "lastInsertRowid": cursor.lastrowid}
 
 
