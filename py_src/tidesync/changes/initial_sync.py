@@ -43,7 +43,8 @@ import math
 import sqlite3
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
-from operator import itemgetter
+from itertools import repeat
+from operator import eq, itemgetter
 from typing import Any
 
 from tidesync.changes.db import set_state, write_transaction
@@ -111,6 +112,24 @@ def _plan(table: TableInfo) -> _Plan:
         allowed=tuple(allowed),
         insert_sql=f"INSERT INTO {_stage_name(table)} ({cols}) VALUES ({marks})",
     )
+
+
+def _plain_rows(plan: _Plan, items: list[Any]) -> list[tuple[Any, ...]] | None:
+    """The rows of a chunk of plain inserts holding exactly the table's columns, or None.
+
+    The usual chunk, checked with C-level builtins over the whole list (no Python
+    per row); any other chunk takes the loop of ``_stage_items``, row by row.
+    """
+    if not items or set(map(type, items)) != {dict}:
+        return None
+    if set(map(dict.get, items, repeat("operation"))) != {"insert"}:
+        return None
+    datas: list[Any] = list(map(dict.get, items, repeat("data")))
+    if set(map(type, datas)) != {dict}:
+        return None
+    if not all(map(eq, repeat(plan.keys), map(dict.keys, datas))):
+        return None
+    return list(map(plan.row, datas))
 
 
 def _unfit_rows(plan: _Plan, rows: list[tuple[Any, ...]]) -> set[int]:
@@ -196,6 +215,8 @@ class InitialSync:
         generic: list[Any] = []
         if plan is None:
             generic = items
+        elif (bulk := _plain_rows(plan, items)) is not None:
+            typed, typed_items = bulk, items
         else:
             for item in items:
                 data = item.get("data") if type(item) is dict else None
