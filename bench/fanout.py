@@ -98,6 +98,7 @@ class Listener:
         self.live = asyncio.get_running_loop().create_future()
         self.ws: RawWebSocket | None = None
         self.received = 0  # changes, for the exactly-once check
+        self.frames = 0  # srv_live_changes frames
 
     async def connect(self) -> None:
         self.ws = await connect(self.url, self.on_text)
@@ -136,6 +137,7 @@ class Listener:
 
     def live_batch(self, count: int, ids_json: str, waited: list[str], t: float) -> None:
         self.received += count
+        self.frames += 1
         if waited:
             self.stats.received(waited, t)
         self.send(
@@ -333,6 +335,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     last_ev, _ = stats.expect(changes[-1]["id"], args.clients)
     while not writer.applied.empty():
         writer.applied.get_nowait()
+    frames_before = sum(li.frames for li in listeners)
     tb = time.time()
     sent = applied = 0
     outstanding = 0
@@ -383,6 +386,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "applied_per_s": applied / max(1e-9, t_applied_last - tb),
         "all_delivered_s": t_all - tb,
         "deliveries_per_s": args.burst * args.clients / max(1e-9, t_all - tb),
+        "burst_frames_per_listener": (sum(li.frames for li in listeners) - frames_before)
+        / args.clients,
         "exactly_once": {
             "changes_sent": sent_total,
             "listeners_off": len(off),
