@@ -22,10 +22,13 @@ try {
   const useSnapshot = config.snapshot !== false;
   const pyodide = await bootPyodide(config.siteBase, { useSnapshot, makeSnapshot: useSnapshot });
   self.postMessage({ event: "booted", worker: "changes", boot: pyodide.bootInfo });
-  const bytes = pyodide.snapshotBytes;
+  // Transferred, not copied (30 MB); a page without sync has no use for it. Either way this
+  // worker keeps no reference: it would hold the 30 MB for its whole life.
+  if (pyodide.snapshotBytes && config.sync !== false) {
+    const bytes = pyodide.snapshotBytes;
+    self.postMessage({ event: "snapshot", bytes }, [bytes.buffer]);
+  }
   pyodide.snapshotBytes = null;
-  // Transferred, not copied (30 MB); a page without sync has no use for it.
-  if (bytes && config.sync !== false) self.postMessage({ event: "snapshot", bytes }, [bytes.buffer]);
   const dbFile = `${config.name}.sqlite3`;
   const mounting = mountOpfs(pyodide, {
     mountPoint: "/opfs",

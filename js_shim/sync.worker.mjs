@@ -20,6 +20,9 @@ try {
     useSnapshot: config.snapshot !== false,
     snapshot: init.data.snapshot ?? undefined,
   });
+  // The heap it restored: keep no reference (the init message lives on), it is 30 MB.
+  pyodide.snapshotBytes = null;
+  init.data.snapshot = null;
   self.postMessage({ event: "booted", worker: "sync", boot: pyodide.bootInfo });
   const entry = pyodide.pyimport("tidesync.worker_sync.worker_thread.browser_entry");
   await entry.start({
