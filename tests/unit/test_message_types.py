@@ -189,6 +189,13 @@ def test_server_frames_decode_as_decode_message_does_but_init_chunks_stay_text(
         ({"updated_at": "yesterday"}, ErrorCode.INVALID_FIELD),
         ({"lsn": "nope"}, ErrorCode.INVALID_FIELD),
         ({"data": {"id": [[[]]]}}, None),  # nested values are the Changes side's to refuse
+        ({"lsn": "0/5"}, None),  # not the usual shape, still a valid change
+        ({"clientId": None}, None),
+        ({"clientId": ""}, ErrorCode.INVALID_FIELD),
+        ({"data": {}}, ErrorCode.INVALID_FIELD),
+        ({"updated_at": 5}, ErrorCode.INVALID_FIELD),
+        ({"table": ["tasks"]}, ErrorCode.INVALID_FIELD),  # not hashable: the bulk check
+        ({"clientId": {"a": 1}}, ErrorCode.INVALID_FIELD),
         ({"operation": "delete"}, ErrorCode.INVALID_FIELD),
         ({"table": "projects"}, ErrorCode.INVALID_FIELD),
     ],
