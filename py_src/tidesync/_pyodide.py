@@ -15,7 +15,13 @@ from typing import Any
 import js  # type: ignore[import-not-found]
 from pyodide.ffi import JsProxy, create_proxy, to_js  # type: ignore[import-not-found]
 
-__all__ = ["ProxyGroup", "from_js", "live_proxy_count", "to_js_value"]
+__all__ = [
+    "ProxyGroup",
+    "from_js",
+    "live_proxy_count",
+    "text_or_js",
+    "to_js_value",
+]
 
 _live = 0
 
@@ -57,3 +63,9 @@ def from_js(value: Any) -> Any:
     if isinstance(value, JsProxy):
         return value.to_py()
     return value
+
+
+def text_or_js(message: Any, text: str | None) -> Any:
+    """What to post: ``text`` (the message as exact JSON) when there is one, else ``message``
+    converted to JS objects (bytes, NaN, integers JSON would not carry exactly)."""
+    return text if text is not None else to_js_value(message)

@@ -131,6 +131,17 @@ async def go_live(sock: FakeSocket, lsn: int = 5) -> None:
     sock.push(SrvCatchupCompleted, start_lsn=lsn, final_lsn=lsn, change_count=0)
 
 
+async def live_worker() -> tuple[FakePort, FakeNetwork, SyncWorker, FakeSocket]:
+    """A started worker, synced and live at LSN 5 on its first socket."""
+    port, net = FakePort(lsn=5), FakeNetwork()
+    w = worker(port, net)
+    await w.start()
+    sock = await net.next_socket()
+    await go_live(sock)
+    await w.wait_until_synced(WAIT)
+    return port, net, w, sock
+
+
 def change(cid: str) -> TableChange:
     return TableChange(
         id=cid,
@@ -209,12 +220,7 @@ async def test_local_changes_wait_for_live_then_go_one_batch_at_a_time() -> None
 
 
 async def test_change_committed_while_live_is_sent_after_notify() -> None:
-    port, net = FakePort(lsn=5), FakeNetwork()
-    w = worker(port, net)
-    await w.start()
-    sock = await net.next_socket()
-    await go_live(sock)
-    await w.wait_until_synced(WAIT)
+    port, _net, w, sock = await live_worker()
     port.add_local("new")
     w.notify_local_change()
     sent = await sock.expect(CltSendChanges)
@@ -224,12 +230,7 @@ async def test_change_committed_while_live_is_sent_after_notify() -> None:
 
 async def test_local_change_goes_out_before_its_attempt_is_counted() -> None:
     """Nothing in flight: the batch is sent at once; ``mark_sent`` (a write) comes after."""
-    port, net = FakePort(lsn=5), FakeNetwork()
-    w = worker(port, net)
-    await w.start()
-    sock = await net.next_socket()
-    await go_live(sock)
-    await w.wait_until_synced(WAIT)
+    port, _net, w, sock = await live_worker()
     counted_after_send: list[bool] = []
     mark_sent = port.mark_sent
 
@@ -326,12 +327,7 @@ async def test_refused_connections_are_retried_with_backoff() -> None:
 
 
 async def test_offline_closes_and_online_reconnects() -> None:
-    port, net = FakePort(lsn=5), FakeNetwork()
-    w = worker(port, net)
-    await w.start()
-    sock = await net.next_socket()
-    await go_live(sock)
-    await w.wait_until_synced(WAIT)
+    _port, net, w, sock = await live_worker()
     w.go_offline()
     status = await until(w, lambda s: not s.connected)
     assert status.phase is SyncPhase.DISCONNECTED and sock.closed is not None
@@ -504,12 +500,7 @@ async def test_settled_batch_costs_no_read_or_recount_and_a_racing_commit_still_
     """After a batch is answered with nothing new committed, the worker neither reads the
     unsynced changes again nor recounts pending (two round trips per change in the
     browser); a commit notified while a read is on its way is still sent."""
-    port, net = FakePort(lsn=5), FakeNetwork()
-    w = worker(port, net)
-    await w.start()
-    sock = await net.next_socket()
-    await go_live(sock)
-    await w.wait_until_synced(WAIT)
+    port, _net, w, sock = await live_worker()
     asks: list[str] = []
     read, state = port.unsynced_changes, port.local_state
 

@@ -104,7 +104,7 @@ def conflicts_in(args: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 async def start(bridge: Any) -> None:
     """Open the database and serve the page and the Sync Worker until closed."""
-    from tidesync._pyodide import ProxyGroup, from_js, to_js_value
+    from tidesync._pyodide import ProxyGroup, from_js, text_or_js
 
     started = time.perf_counter()
     config = from_js(bridge.config)
@@ -118,12 +118,10 @@ async def start(bridge: Any) -> None:
     storage = bridge.storage
 
     def to_page(message: dict[str, Any]) -> None:
-        text = encode_for_page(message)
-        bridge.post(text if text is not None else to_js_value(message))
+        bridge.post(text_or_js(message, encode_for_page(message)))
 
     def to_sync(message: dict[str, Any]) -> None:
-        text = channel_text(message)
-        sync_port.postMessage(text if text is not None else to_js_value(message))
+        sync_port.postMessage(text_or_js(message, channel_text(message)))
 
     worker.on_local_change(lambda: to_sync({"event": "local_change"}))
     worker.on_tables_changed(

@@ -938,28 +938,20 @@ def decode_server_frame(text: str) -> Message | InitChunkFrame:
     sequence: InitSequence = values["sequence"]
     table = sequence.table
     ref = values.get("message_id")
-    if _plain_inserts(changes, table):
-        return InitChunkFrame(
-            client_id=values["client_id"],
-            message_id=values.get("message_id", ""),
-            timestamp=values.get("timestamp", 0),
-            sequence=sequence,
-            rows=len(changes),
-            text=text,
-        )
-    for index, item in enumerate(changes):  # find the change to refuse, and why
-        try:
-            TableChange.check_wire(item, f"changes[{index}]", 2)
-        except ProtocolError as exc:
-            exc.ref_message_id = ref
-            raise
-        if item["operation"] != "insert" or item["table"] != table:
-            raise ProtocolError(
-                ErrorCode.INVALID_FIELD,
-                f"field 'changes[{index}]' must be an insert into {table!r}",
-                field=f"changes[{index}]",
-                ref_message_id=ref,
-            )
+    if not _plain_inserts(changes, table):
+        for index, item in enumerate(changes):  # find the change to refuse, and why
+            try:
+                TableChange.check_wire(item, f"changes[{index}]", 2)
+            except ProtocolError as exc:
+                exc.ref_message_id = ref
+                raise
+            if item["operation"] != "insert" or item["table"] != table:
+                raise ProtocolError(
+                    ErrorCode.INVALID_FIELD,
+                    f"field 'changes[{index}]' must be an insert into {table!r}",
+                    field=f"changes[{index}]",
+                    ref_message_id=ref,
+                )
     return InitChunkFrame(
         client_id=values["client_id"],
         message_id=values.get("message_id", ""),

@@ -64,10 +64,9 @@ class PortRpc:
 
     def _send(self, message: dict[str, Any]) -> None:
         """JSON text when it carries the message exactly (``channel_text``), else an object."""
-        from tidesync._pyodide import to_js_value
+        from tidesync._pyodide import text_or_js
 
-        text = channel_text(message)
-        self._port.postMessage(text if text is not None else to_js_value(message))
+        self._port.postMessage(text_or_js(message, channel_text(message)))
 
     def _receive(self, event: Any) -> None:
         from tidesync._pyodide import from_js

@@ -131,9 +131,8 @@ class _Inbox:
 
     def put_nowait(self, item: _Input) -> None:
         self._items.append(item)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if self._waiter is not None:
+            _wake(self._waiter)
 
     def empty(self) -> bool:
         return not self._items
