@@ -32,6 +32,8 @@ class FakePort:
     calls: list[tuple[str, Any]] = field(default_factory=list)
     server_times: list[int] = field(default_factory=list)
     fail_apply: bool = False
+    reads: int = 0  # ``unsynced_changes`` calls
+    armed: int | None = None  # ``arm_local_changes`` limit, until a read or a disarm
 
     def add_local(self, change_id: str, table: str = "tasks", **data: Any) -> TableChange:
         change = TableChange(
@@ -101,7 +103,21 @@ class FakePort:
         self.lsn = max(self.lsn, lsn)
 
     async def unsynced_changes(self, limit: int) -> list[TableChange]:
+        self.reads += 1
+        self.armed = None
         return self.local[:limit]
+
+    async def arm_local_changes(self, limit: int) -> None:
+        self.calls.append(("arm_local_changes", limit))
+        self.armed = limit or None
+
+    def commit_local(self, change_id: str, **data: Any) -> list[TableChange] | None:
+        """A local commit as the Changes side reports it: what an armed port carries."""
+        self.add_local(change_id, **data)
+        if self.armed is None:
+            return None
+        carried, self.armed = self.local[: self.armed], None
+        return carried
 
     async def mark_sent(self, change_ids: Sequence[str]) -> None:
         self.calls.append(("mark_sent", list(change_ids)))

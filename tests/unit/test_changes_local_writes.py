@@ -150,13 +150,44 @@ async def test_each_write_gets_a_later_time_and_updated_at_matches(worker: Chang
 
 async def test_local_change_listeners_hear_commits_only(worker: ChangesWorker) -> None:
     heard: list[Any] = []
-    worker.on_local_change(lambda: heard.append("local"))
+    worker.on_local_change(lambda _carried: heard.append("local"))
     worker.on_tables_changed(lambda tables, source: heard.append((tables, source)))
     await seed(worker)
     await worker.query("SELECT * FROM tasks")
     with pytest.raises(WriteError):
         await worker.insert("nope", {"id": 1})
     assert heard == ["local", (("projects",), "local"), "local", (("tasks",), "local")]
+
+
+async def test_an_armed_worker_hands_the_next_commit_its_unsynced_changes(
+    worker: ChangesWorker,
+) -> None:
+    """``arm_local_changes``: the next commit's listeners get what a read would return, once."""
+    carried: list[Any] = []
+    worker.on_local_change(carried.append)
+    await worker.insert("projects", {"id": "p1", "name": "P"})
+    await worker.arm_local_changes(10)
+    await worker.insert("projects", {"id": "p2", "name": "P"})
+    await worker.insert("projects", {"id": "p3", "name": "P"})  # used up: not carried
+    assert carried[0] is None and carried[2] is None
+    assert carried[1] == (await worker.unsynced_changes(10))[:2]
+    assert [c.data["id"] for c in carried[1]] == ["p1", "p2"]  # oldest first, all pending
+    await worker.arm_local_changes(1)
+    await worker.insert("projects", {"id": "p4", "name": "P"})
+    assert [c.data["id"] for c in carried[3]] == ["p1"]  # at most the limit
+    await worker.arm_local_changes(10)
+    await worker.unsynced_changes(10)  # the Sync side read for itself: disarmed
+    await worker.insert("projects", {"id": "p5", "name": "P"})
+    await worker.arm_local_changes(10)
+    await worker.arm_local_changes(0)  # disarmed
+    await worker.insert("projects", {"id": "p6", "name": "P"})
+    await worker.arm_local_changes(10)
+    with pytest.raises(WriteError):
+        await worker.insert("nope", {"id": 1})  # rolled back: no event, still armed
+    await worker.query("SELECT 1")
+    await worker.insert("projects", {"id": "p7", "name": "P"})
+    assert carried[4] is None and carried[5] is None
+    assert [c.data["id"] for c in carried[6]][-1] == "p7" and len(carried) == 7
 
 
 async def test_client_id_and_clock_survive_reopening(tmp_path: Path) -> None:

@@ -248,6 +248,94 @@ async def test_local_change_goes_out_before_its_attempt_is_counted() -> None:
     await w.stop()
 
 
+async def armed(port: FakePort) -> None:
+    async def poll() -> None:
+        while port.armed is None:
+            await asyncio.sleep(0.005)
+
+    await asyncio.wait_for(poll(), WAIT)
+
+
+async def test_idle_worker_arms_the_port_and_sends_carried_changes_without_a_read() -> None:
+    """Live and idle: the next commit's event carries its changes; no ``unsynced_changes``."""
+    port, _net, w, sock = await live_worker()
+    await armed(port)
+    assert port.called("arm_local_changes")[-1] == 500  # the batch size
+    reads = port.reads
+    w.notify_local_change(port.commit_local("new"))
+    sent = await sock.expect(CltSendChanges)
+    assert [c.id for c in sent.changes] == ["new"] and port.reads == reads
+    await until(w, lambda s: port.called("mark_sent") == [["new"]])
+    assert (await until(w, lambda s: s.pending == 1)).pending == 1
+    sock.push(
+        SrvChangesApplied,
+        applied_changes=("new",),
+        results=(ChangeResult(id="new", status=ChangeStatus.APPLIED, lsn=6),),
+    )
+    sock.push(SrvLsnUpdate, lsn=6)
+    await armed(port)  # idle again: armed for the next commit, still without a read
+    assert port.reads == reads
+    w.notify_local_change(port.commit_local("next"))
+    sent = await sock.expect(CltSendChanges)
+    assert [c.id for c in sent.changes] == ["next"] and port.reads == reads
+    await w.stop()
+
+
+async def test_carried_changes_are_read_again_when_a_later_commit_was_heard() -> None:
+    """The carried read misses a commit heard after it: the batch is read instead."""
+    port, _net, w, sock = await live_worker()
+    await armed(port)
+    reads = port.reads
+    first = port.commit_local("a")
+    assert first is not None and port.commit_local("b") is None  # used up by the first
+    w.notify_local_change(first)
+    w.notify_local_change(None)
+    sent = await sock.expect(CltSendChanges)
+    assert [c.id for c in sent.changes] == ["a", "b"] and port.reads == reads + 1
+    await w.stop()
+
+
+async def test_carried_changes_while_disconnected_wait_for_the_next_connection() -> None:
+    """A lost connection disarms the port; changes carried anyway are sent after a read."""
+    port, net, w, sock = await live_worker()
+    await armed(port)
+    carried = port.commit_local("late")  # committed while the port was still armed
+    sock.drop(1006)
+    await until(w, lambda s: not s.connected)
+    await asyncio.wait_for(_poll(lambda: port.called("arm_local_changes")[-1] == 0), WAIT)
+    w.notify_local_change(carried)
+    sock2 = await net.next_socket()
+    reads = port.reads
+    await go_live(sock2)
+    sent = await sock2.expect(CltSendChanges)
+    assert [c.id for c in sent.changes] == ["late"] and port.reads > reads
+    await w.stop()
+
+
+async def test_carried_changes_are_not_sent_while_a_batch_is_in_flight() -> None:
+    port, _net, w, sock = await live_worker()
+    await armed(port)
+    w.notify_local_change(port.commit_local("one"))
+    await sock.expect(CltSendChanges)
+    port.armed = 500  # a confused Changes side: carries although nobody armed it
+    w.notify_local_change(port.commit_local("two"))
+    await asyncio.sleep(0.05)
+    assert sock.outbox.empty()  # one batch in flight at a time
+    sock.push(
+        SrvChangesApplied,
+        applied_changes=("one",),
+        results=(ChangeResult(id="one", status=ChangeStatus.APPLIED, lsn=6),),
+    )
+    sent = await sock.expect(CltSendChanges)
+    assert [c.id for c in sent.changes] == ["two"]
+    await w.stop()
+
+
+async def _poll(predicate: Any) -> None:
+    while not predicate():
+        await asyncio.sleep(0.005)
+
+
 async def test_batch_in_flight_is_resent_after_reconnect() -> None:
     port, net = FakePort(lsn=5), FakeNetwork()
     port.add_local("L0")

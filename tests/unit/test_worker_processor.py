@@ -206,3 +206,35 @@ def test_channel_text_carries_port_messages_exactly_or_declines() -> None:
     assert text is not None and json.loads(text) == message
     assert channel_text({"result": [{"blob": b"\x00"}]}) is None  # bytes: posted as an object
     assert channel_text({"result": [float("nan")]}) is None  # NaN is not JSON
+
+
+async def test_arming_is_posted_one_way_and_the_commit_carries_what_a_read_returns(
+    worker: ChangesWorker,
+) -> None:
+    """``arm_local_changes`` crosses as a one-way port call; the carried changes cross the
+    channel in the wire form and come back equal to the read's."""
+    from tidesync.worker_sync.shared.port_codec import changes_from_wire, changes_to_wire
+    from tidesync.worker_sync.worker_thread.browser_entry import carried_changes
+
+    posted: list[dict[str, Any]] = []
+    heard: list[Any] = []
+    worker.on_local_change(heard.append)
+
+    async def over_the_channel(cmd: str, args: dict[str, Any]) -> Any:
+        return (await handle_request(worker, {"id": 1, "cmd": cmd, "args": args}))["result"]
+
+    port = RemoteChangesPort(
+        over_the_channel, lambda cmd, args: posted.append({"cmd": cmd, "args": args})
+    )
+    await port.arm_local_changes(50)
+    assert posted == [{"cmd": "port.arm_local_changes", "args": {"limit": 50}}]
+    assert (await handle_request(worker, json.loads(json.dumps(posted[0]))))["ok"]
+    await worker.insert("projects", {"id": "p1", "name": "P"})
+    [carried] = heard
+    wire = json.loads(channel_text({"event": "local_change", "changes": changes_to_wire(carried)}))
+    assert carried_changes(wire["changes"]) == await port.unsynced_changes(50) == carried
+    assert changes_from_wire(wire["changes"]) == carried
+    assert carried_changes(None) is None
+    assert carried_changes([{"id": "x"}]) is None  # does not decode: read instead
+    bad = {"id": 1, "cmd": "port.arm_local_changes", "args": {"limit": "many"}}
+    assert not (await handle_request(worker, bad))["ok"]

@@ -22,7 +22,8 @@ from typing import Any
 from tidesync.changes.worker import ChangesWorker
 from tidesync.changes.worker_processor import handle_request
 from tidesync.schema import Schema
-from tidesync.worker_sync.shared.port_codec import channel_text
+from tidesync.worker_sync.shared.message_types import TableChange
+from tidesync.worker_sync.shared.port_codec import changes_to_wire, channel_text
 
 __all__ = [
     "RequestRunner",
@@ -123,7 +124,19 @@ async def start(bridge: Any) -> None:
     def to_sync(message: dict[str, Any]) -> None:
         sync_port.postMessage(text_or_js(message, channel_text(message)))
 
-    worker.on_local_change(lambda: to_sync({"event": "local_change"}))
+    def local_change(carried: list[TableChange] | None) -> None:
+        """Tell the Sync Worker; with the changes when it armed us (``arm_local_changes``).
+
+        Carried changes leave this worker, so they are flushed to OPFS first, as
+        ``serve_sync_request`` does for the changes it reads (see there).
+        """
+        if carried:
+            storage.flushAll()
+            to_sync({"event": "local_change", "changes": changes_to_wire(carried)})
+        else:
+            to_sync({"event": "local_change"})
+
+    worker.on_local_change(local_change)
     worker.on_tables_changed(
         lambda tables, source: to_page(
             {"event": "tables_changed", "tables": list(tables), "source": source}

@@ -100,7 +100,7 @@ class ChangesWorker:
         self._server_lock = asyncio.Lock()
         self._hlc = HybridLogicalClock() if now_ms is None else HybridLogicalClock(now_ms)
         self._now_ms = self._hlc.now_ms
-        self._local_listeners: Listeners[[]] = Listeners()
+        self._local_listeners: Listeners[[list[TableChange] | None]] = Listeners()
         self._tables_listeners: Listeners[[tuple[str, ...], str]] = Listeners()
         self._result_listeners: Listeners[[str, Rows]] = Listeners()
         self.client_id = ""
@@ -114,6 +114,9 @@ class ChangesWorker:
         self._floors = load_floors(self._conn)
         self._writer = LocalWriter(self._conn, self.schema, self._hlc.tick_iso)
         self._live = LiveQueries(self._conn, self._query_now, self._emit_result)
+        # ``arm_local_changes``: the next local commit reads this many unsynced changes
+        # for its ``on_local_change`` listeners (None: it reads nothing).
+        self._carry_limit: int | None = None
         self._closed = False
 
     @classmethod
@@ -131,8 +134,15 @@ class ChangesWorker:
 
     # --- listeners ----------------------------------------------------------------------------
 
-    def on_local_change(self, callback: Callable[[], None]) -> Callable[[], None]:
-        """``callback()`` after each commit that recorded local changes; returns an unsubscribe."""
+    def on_local_change(
+        self, callback: Callable[[list[TableChange] | None], None]
+    ) -> Callable[[], None]:
+        """``callback(carried)`` after each commit that recorded local changes.
+
+        ``carried`` is None, or (once after ``arm_local_changes``) what
+        ``unsynced_changes`` would have answered right after that commit.
+        Returns an unsubscribe function.
+        """
         return self._local_listeners.add(callback)
 
     def on_tables_changed(self, callback: TablesListener) -> Callable[[], None]:
@@ -191,13 +201,19 @@ class ChangesWorker:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
         """``async with worker.transaction() as tx``: commit at the end, roll back on error."""
+        carried: list[TableChange] | None = None
         async with self._lock:
             self._writer.touched.start()
             with write_transaction(self._conn, applying=False, clock=self._clock):
                 yield Transaction(self._writer, self._conn)
             tables = self._writer.touched.finish()
+            if tables and self._carry_limit is not None:
+                # Read under the lock, right after the commit: the same rows a
+                # ``unsynced_changes`` call would return now (``arm_local_changes``).
+                carried = self._read_unsynced(self._carry_limit) or None
+                self._carry_limit = None
         if tables:
-            self._local_listeners.emit()
+            self._local_listeners.emit(carried)
             self._tables_changed(tables, "local")
 
     async def pending_changes(self) -> Rows:
@@ -354,11 +370,30 @@ class ChangesWorker:
 
     async def unsynced_changes(self, limit: int) -> list[TableChange]:
         async with self._lock:
-            rows = self._conn.execute(
-                "SELECT id, table_name, operation, data, updated_at FROM local_changes "
-                "WHERE from_server = 0 AND state = 'pending' ORDER BY seq LIMIT ?",
-                (int(limit),),
-            ).fetchall()
+            self._carry_limit = None  # the Sync side reads for itself: it is not idle
+            return self._read_unsynced(limit)
+
+    async def arm_local_changes(self, limit: int) -> None:
+        """The Sync side is live and idle: let the next local commit carry its changes.
+
+        Why: a change then reaches the Sync side with the event that announces it,
+        instead of the event and then an ``unsynced_changes`` round trip before it
+        can be sent.  Only the next commit reads (at most ``limit`` changes, under the
+        lock right after it commits), then the worker is disarmed again, as it is by
+        ``unsynced_changes`` and by ``limit`` 0.  Armed only while the Sync side waits
+        for local changes with nothing in flight, so the browser's OPFS flush before
+        changes leave this worker (``browser_entry``) does not run on every commit.
+        Taken under the lock so it is ordered after every port call posted before it.
+        """
+        async with self._lock:
+            self._carry_limit = int(limit) if limit > 0 else None
+
+    def _read_unsynced(self, limit: int) -> list[TableChange]:
+        rows = self._conn.execute(
+            "SELECT id, table_name, operation, data, updated_at FROM local_changes "
+            "WHERE from_server = 0 AND state = 'pending' ORDER BY seq LIMIT ?",
+            (int(limit),),
+        ).fetchall()
         return [
             TableChange(
                 id=r[0],

@@ -154,7 +154,7 @@ async def _open(
         heartbeat_interval=heartbeat_interval,
         **sync_options,
     )
-    changes.on_local_change(lambda *_args: sync.notify_local_change())
+    changes.on_local_change(sync.notify_local_change)
     try:
         await sync.start()
     except BaseException:

@@ -88,6 +88,15 @@ class ChangesPort(Protocol):
     async def mark_sent(self, change_ids: Sequence[str]) -> None:
         """Count an attempt for each change (``attempts``)."""
 
+    async def arm_local_changes(self, limit: int) -> None:
+        """Let the next local commit hand its ``on_local_change`` listeners the changes.
+
+        What ``unsynced_changes(limit)`` would answer right after that commit (at
+        most ``limit``), read once, after which the port is disarmed again; so is it
+        by ``unsynced_changes`` and by ``limit`` 0.  The Sync side arms it only while
+        it is live with nothing in flight and nothing unread.
+        """
+
     async def record_results(self, results: Sequence[ChangeResult]) -> ApplyOutcome:
         """Apply ``srv_changes_applied`` results to ``local_changes`` and the rows."""
 

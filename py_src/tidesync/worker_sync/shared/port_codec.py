@@ -31,6 +31,8 @@ from tidesync.worker_sync.shared.message_types import (
 __all__ = [
     "PORT_PREFIX",
     "RemoteChangesPort",
+    "changes_from_wire",
+    "changes_to_wire",
     "channel_text",
     "dispatch_port_call",
     "is_port_call",
@@ -102,6 +104,16 @@ def _changes(raw: Any, field: str = "changes") -> list[TableChange]:
 
 def _changes_to_wire(changes: Sequence[TableChange]) -> list[dict[str, Any]]:
     return [change.to_wire() for change in changes]
+
+
+def changes_to_wire(changes: Sequence[TableChange]) -> list[dict[str, Any]]:
+    """Changes as they cross the channel (the ``local_change`` event carries them so)."""
+    return _changes_to_wire(changes)
+
+
+def changes_from_wire(raw: Any, field: str = "changes") -> list[TableChange]:
+    """The other end: every change validated with the wire codec; raises ``ProtocolError``."""
+    return _changes(raw, field)
 
 
 def _changes_arg(changes: Sequence[TableChange]) -> dict[str, Any]:
@@ -222,6 +234,13 @@ class RemoteChangesPort:
         else:
             self._notify("port.mark_sent", {"change_ids": list(change_ids)})
 
+    async def arm_local_changes(self, limit: int) -> None:
+        """One-way with ``notify``: ordered after every call posted before it."""
+        if self._notify is None:
+            await self._call("port.arm_local_changes", {"limit": limit})
+        else:
+            self._notify("port.arm_local_changes", {"limit": limit})
+
     async def record_results(self, results: Sequence[ChangeResult]) -> ApplyOutcome:
         raw = await self._call("port.record_results", {"results": results_to_wire(results)})
         return _outcome_from_wire(raw)
@@ -293,6 +312,9 @@ async def dispatch_port_call(port: ChangesPort, cmd: str, args: dict[str, Any]) 
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
             raise _bad("change_ids", "must be a list of strings")
         await port.mark_sent(ids)
+        return None
+    if method == "arm_local_changes":
+        await port.arm_local_changes(_int(args.get("limit", 0), "limit"))
         return None
     if method == "record_results":
         results = results_from_wire(args.get("results"), "results")

@@ -16,12 +16,17 @@ import logging
 import time
 from typing import Any
 
-from tidesync.worker_sync.shared.port_codec import RemoteChangesPort, channel_text
+from tidesync.worker_sync.shared.message_types import ProtocolError, TableChange
+from tidesync.worker_sync.shared.port_codec import (
+    RemoteChangesPort,
+    changes_from_wire,
+    channel_text,
+)
 from tidesync.worker_sync.worker_thread.browser_websocket import BrowserWebSocketTransport
 from tidesync.worker_sync.worker_thread.status import SyncStatus
 from tidesync.worker_sync.worker_thread.sync_worker import SyncWorker
 
-__all__ = ["PortRpc", "start", "status_to_dict"]
+__all__ = ["PortRpc", "carried_changes", "start", "status_to_dict"]
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +104,21 @@ class PortRpc:
         self._proxies.destroy()
 
 
+def carried_changes(raw: Any) -> list[TableChange] | None:
+    """The changes a ``local_change`` event carried, validated; None when it carried none.
+
+    Changes that do not decode are passed over (logged): the Sync Worker then reads
+    them with ``unsynced_changes`` as it would without them.
+    """
+    if raw is None:
+        return None
+    try:
+        return changes_from_wire(raw)
+    except ProtocolError as exc:
+        log.warning("local_change carried changes that do not decode: %s", exc.message)
+        return None
+
+
 def page_phase(status: SyncStatus) -> str:
     """One word for the page: the sync phase when connected, else why not.
 
@@ -169,7 +189,7 @@ async def start(bridge: Any) -> None:
         kind = data.get("event")
         worker = holder.get("worker")
         if kind == "local_change" and worker is not None:
-            worker.notify_local_change()
+            worker.notify_local_change(carried_changes(data.get("changes")))
         elif kind == "set_online":
             offline["user"] = not bool(data.get("online", True))
             apply_online()

@@ -23,7 +23,7 @@ import logging
 import random as _random
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -42,6 +42,7 @@ from tidesync.worker_sync.shared.message_types import (
     SrvResyncChanges,
     SrvResyncComplete,
     SrvResyncStart,
+    TableChange,
     encode_message,
     make,
     new_message_id,
@@ -111,6 +112,10 @@ class _SocketEvent:
 @dataclass(frozen=True)
 class _Command:
     name: str  # "connect" | "local_change" | "online" | "offline" | "stop"
+    #: ``local_change`` only: the changes the event carried (``arm_local_changes``)
+    #: and which local change heard it was (``SyncWorker._local_heard``).
+    changes: tuple[TableChange, ...] | None = None
+    seq: int = 0
 
 
 _Input = _SocketEvent | _Command
@@ -214,6 +219,10 @@ class SyncWorker:
         self._pending = 0
         self._pending_dirty = True
         self._local_unseen = False  # a local commit not yet looked at by the loop
+        self._local_heard = 0  # local_change events heard (``notify_local_change``)
+        # ``arm_local_changes`` was posted and the Changes side has not used it up yet
+        # (a read, a carried event or a disarm since).
+        self._armed = False
         self._loop_error: str | None = None
         # Heartbeats while one frame's handling runs long (``_heartbeating``).
         self._handling_since: float | None = None
@@ -258,12 +267,19 @@ class SyncWorker:
         self._events.put_nowait(_Command("stop"))
         await self._run_task
 
-    def notify_local_change(self) -> None:
-        """A local commit happened: update ``pending`` and, when live, send it."""
+    def notify_local_change(self, changes: Sequence[TableChange] | None = None) -> None:
+        """A local commit happened: update ``pending`` and, when live, send it.
+
+        ``changes``: what the Changes side read for us right after the commit, when
+        it was armed (``ChangesPort.arm_local_changes``); sent as they are when
+        nothing happened meanwhile that they may not cover (``_send_carried``).
+        """
         self._local_unseen = True
         self._pending_dirty = True
         self._changes.local_commit()
-        self._events.put_nowait(_Command("local_change"))
+        self._local_heard += 1
+        carried = tuple(changes) if changes else None
+        self._events.put_nowait(_Command("local_change", carried, self._local_heard))
 
     def verify_integrity(self) -> None:
         """Compare table checksums with the server as soon as live and idle."""
@@ -342,7 +358,8 @@ class SyncWorker:
                 await self._execute(self._cm.set_online(now, event.name == "online"))
             elif event.name == "local_change":
                 self._local_unseen = False
-                await self._flush()
+                if event.changes is None or not await self._send_carried(event):
+                    await self._flush()
             elif event.name == "checksum":
                 self._integrity.request_now(now)
                 await self._maybe_check_integrity()
@@ -414,6 +431,7 @@ class SyncWorker:
             elif isinstance(action, SessionEnded):
                 await self._teardown_socket()
                 self._changes.on_disconnect()
+                await self._disarm()
                 self._integrity.connection_lost()
                 await self._run_repair(self._repair.connection_lost())
                 await self._proc.connection_lost()
@@ -563,8 +581,65 @@ class SyncWorker:
         self._proc.acked_lsn = 0
         await self._execute(self._cm.restart(self._clock(), "integrity repair"))
 
+    def _may_send(self) -> bool:
+        """Live, nothing in flight, and no table repair holding batches back."""
+        if not (self._cm.connected and self._proc.phase is SyncPhase.LIVE):
+            return False
+        if self._repair.blocks_sending:
+            return False  # results must not land between a repair's snapshot and its swap
+        return self._changes.can_send()
+
     async def _flush(self) -> None:
         """Send the next batch of local changes when live and nothing is in flight.
+
+        With nothing left to read (no ``backlog``) the Changes side is armed instead
+        (``arm_local_changes``): the next local commit's event then carries its
+        changes, and they are sent without a read (``_send_carried``).
+        """
+        if not self._may_send():
+            return
+        if self._changes.backlog:
+            self._changes.reading()
+            self._armed = False  # the Changes side disarms on this read
+            try:
+                unsynced = await self._port.unsynced_changes(self._changes.batch_size)
+            except BaseException:
+                self._changes.local_commit()  # not read after all: still unknown
+                raise
+            if unsynced:
+                await self._send_batch(unsynced)
+                return
+        if not self._armed and not self._changes.backlog and self._may_send():
+            self._armed = True
+            await self._port.arm_local_changes(self._changes.batch_size)
+
+    async def _send_carried(self, event: _Command) -> bool:
+        """Send the changes a ``local_change`` event carried; False: read them instead.
+
+        They are what ``unsynced_changes`` would have answered right after that
+        commit, posted once after ``arm_local_changes``, which was posted only while
+        live with nothing in flight and nothing unread.  So they are exactly the
+        next batch while that still holds and no later commit was heard (its
+        changes would be missing: ``seq``), and the port was armed by us and not
+        used up by a read since.  Otherwise the flush reads as before (the changes
+        are still pending in the database, so nothing is lost by passing them over).
+        """
+        armed, self._armed = self._armed, False  # a carried event uses the arming up
+        assert event.changes is not None
+        if not (armed and event.seq == self._local_heard and self._may_send()):
+            return False
+        self._changes.reading()
+        await self._send_batch(event.changes)
+        return True
+
+    async def _disarm(self) -> None:
+        """The connection ended: commits need not carry their changes (nor flush for it)."""
+        if self._armed:
+            self._armed = False
+            await self._port.arm_local_changes(0)
+
+    async def _send_batch(self, unsynced: Sequence[TableChange]) -> None:
+        """Put the next batch in flight and send it; then count the attempt.
 
         The frame goes out before ``mark_sent`` counts the attempt: counting is a
         write transaction on the Changes side, and waiting for it first would
@@ -572,20 +647,6 @@ class SyncWorker:
         left uncounted (the connection dropped in between) only shows one
         ``attempts`` fewer; ``start_batch`` already marked the batch in flight.
         """
-        if not (self._cm.connected and self._proc.phase is SyncPhase.LIVE):
-            return
-        if self._repair.blocks_sending:
-            return  # results must not land between a repair's snapshot and its swap
-        if not self._changes.can_send() or not self._changes.backlog:
-            return  # nothing waits beyond what is in flight: no read needed
-        self._changes.reading()
-        try:
-            unsynced = await self._port.unsynced_changes(self._changes.batch_size)
-        except BaseException:
-            self._changes.local_commit()  # not read after all: still unknown
-            raise
-        if not unsynced:
-            return
         message_id = new_message_id()
         batch = self._changes.start_batch(unsynced, message_id)
         message = CltSendChanges(
