@@ -347,3 +347,52 @@ async def test_a_change_with_a_bad_time_fails_alone(worker: ChangesWorker) -> No
     assert (outcome.applied, outcome.failed, outcome.lsn) == (1, 1, 2)
     history = await server_history(worker)
     assert history["s1"]["state"] == "failed" and "updated_at" in history["s1"]["error"]
+
+
+class CountingConnection(sqlite3.Connection):
+    """Counts the authorizers set: each one expires every prepared statement."""
+
+    authorizers = 0
+
+    def set_authorizer(self, authorizer: Any) -> None:  # type: ignore[override]
+        if authorizer is not None:
+            self.authorizers += 1
+        super().set_authorizer(authorizer)
+
+
+async def test_server_batches_and_live_re_runs_keep_the_prepared_statements(
+    tmp_path: Path,
+) -> None:
+    """No flag pragma and no authorizer per server batch, live re-run or plain result (each
+    would make every cached statement be prepared again); foreign keys are still not
+    enforced on server data and enforced on local writes."""
+    conn = sqlite3.connect(str(tmp_path / "c.db"), factory=CountingConnection)
+    assert isinstance(conn, CountingConnection)
+    worker = ChangesWorker(conn, now_ms=lambda: T0)
+    heard: list[Any] = []
+    worker.on_query_result(lambda _sub, found: heard.append(found))
+    await worker.subscribe("s", "SELECT id FROM tasks ORDER BY id")
+    checked = conn.authorizers
+    assert checked >= 1  # the new subscription was checked
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    # A child before its parent (the server's order is consistent at every LSN): applies.
+    first = [change("s1", 1, "insert", id="t1", project_id="p9", title="T")]
+    await worker.apply_server_changes(first, 1, source="live")
+    for lsn in range(2, 5):
+        batch = [change(f"s{lsn}", lsn, "insert", id=f"t{lsn}", project_id="p9", title="T")]
+        await worker.apply_server_changes(batch, lsn, source="live")
+    assert conn.authorizers == checked and len(heard) == 5  # re-run without a new check
+    assert [s for s in statements if s.startswith("PRAGMA foreign_keys =")] == [
+        "PRAGMA foreign_keys = OFF"
+    ]
+    await worker.insert("projects", {"id": "p1", "name": "P"})
+    with pytest.raises(sqlite3.IntegrityError):
+        await worker.insert("tasks", {"id": "t9", "project_id": "nope", "title": "T"})
+    [mine] = await worker.unsynced_changes(1)
+    statements.clear()
+    await worker.record_results([ChangeResult(id=mine.id, status=ChangeStatus.APPLIED, lsn=5)])
+    await worker.advance_lsn(6)
+    await worker.mark_sent([mine.id])
+    assert not [s for s in statements if s.startswith("PRAGMA foreign_keys =")]
+    await worker.close()
