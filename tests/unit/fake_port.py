@@ -83,8 +83,10 @@ class FakePort:
         self.staged = None
 
     async def apply_server_changes(
-        self, changes: Sequence[TableChange], last_lsn: int, *, source: str
+        self, changes: Sequence[TableChange], last_lsn: int, *, source: str, server_time: int = 0
     ) -> ApplyOutcome:
+        if server_time > 0:
+            self.server_times.append(server_time)
         self.calls.append(("apply_server_changes", (source, [c.id for c in changes], last_lsn)))
         if self.fail_apply:
             raise RuntimeError("disk full")

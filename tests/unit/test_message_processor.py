@@ -158,6 +158,17 @@ async def test_server_timestamps_feed_the_clock() -> None:
     assert port.server_times == [NOW]
 
 
+async def test_a_live_batch_feeds_the_clock_with_its_apply_not_a_post_of_its_own() -> None:
+    """One message between the workers in front of a live batch, not two."""
+    proc, port, _ = processor(phase=P.LIVE)
+    await proc.handle_text(SAMPLES[MessageType.SRV_LIVE_CHANGES])
+    assert port.server_times == [NOW]  # fed once, by ``apply_server_changes``
+    assert port.called("apply_server_changes") == [("live", ["c"], 12)]
+    await proc.handle_text(SAMPLES[MessageType.SRV_LIVE_CHANGES])  # a replay: nothing applied
+    assert port.server_times == [NOW, NOW]  # its time still reaches the clock
+    assert len(port.called("apply_server_changes")) == 1
+
+
 async def test_initial_sync_stages_chunks_acks_each_and_commits_at_the_end() -> None:
     proc, port, _ = processor(lsn=0)
     assert await proc.handle_text(srv(SrvInitStart, server_lsn=40)) == []

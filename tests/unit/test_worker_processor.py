@@ -238,3 +238,42 @@ async def test_arming_is_posted_one_way_and_the_commit_carries_what_a_read_retur
     assert carried_changes([{"id": "x"}]) is None  # does not decode: read instead
     bad = {"id": 1, "cmd": "port.arm_local_changes", "args": {"limit": "many"}}
     assert not (await handle_request(worker, bad))["ok"]
+
+
+async def test_a_batch_carries_the_frame_time_to_the_clock_without_a_post(
+    worker: ChangesWorker,
+) -> None:
+    from tidesync.worker_sync.shared.message_types import Operation, TableChange
+
+    posted: list[dict[str, Any]] = []
+    sent: list[dict[str, Any]] = []
+
+    async def over_the_channel(cmd: str, args: dict[str, Any]) -> Any:
+        sent.append(args)
+        reply = await handle_request(worker, {"id": 1, "cmd": cmd, "args": args})
+        assert reply["ok"], reply
+        return reply["result"]
+
+    port = RemoteChangesPort(
+        over_the_channel, lambda cmd, args: posted.append({"cmd": cmd, "args": args})
+    )
+    far_ahead = 1_900_000_000_000
+    batch = [
+        TableChange(
+            id="s1",
+            table="projects",
+            operation=Operation.INSERT,
+            data={"id": "p1", "name": "P"},
+            updated_at="2026-11-25T10:00:00.000Z",
+            lsn=3,
+        )
+    ]
+    await port.apply_server_changes(batch, 3, source="live", server_time=far_ahead)
+    assert posted == [] and sent[-1]["server_time"] == far_ahead
+    await port.apply_server_changes([], 4, source="live", server_time=far_ahead)
+    assert "server_time" not in sent[-1]  # not above the last one sent
+    await port.observe_server_time(far_ahead)
+    assert posted == []  # already fed
+    await worker.insert("projects", {"id": "p2", "name": "P"})
+    mine = [c for c in await port.unsynced_changes(10) if c.data["id"] == "p2"]
+    assert mine[0].updated_at >= "2030-03-17T17:46:40.000Z"  # the batch's time fed the clock

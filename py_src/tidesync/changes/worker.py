@@ -322,7 +322,7 @@ class ChangesWorker:
             self._initial.abort()
 
     async def apply_server_changes(
-        self, changes: Sequence[TableChange], last_lsn: int, *, source: str
+        self, changes: Sequence[TableChange], last_lsn: int, *, source: str, server_time: int = 0
     ) -> ApplyOutcome:
         """One transaction per try; failed tries are recorded and retried with backoff.
 
@@ -330,6 +330,8 @@ class ChangesWorker:
         what still fails is marked ``failed``, so this always returns (or raises
         when even that transaction cannot commit, e.g. the disk is gone).
         """
+        if server_time > 0:
+            self._hlc.observe(server_time)  # as ``observe_server_time``: no write here
         key = f"{source}:{last_lsn}"
         async with self._server_lock:
             changes, covered = drop_covered(changes, self._floors)

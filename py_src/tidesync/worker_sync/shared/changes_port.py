@@ -69,9 +69,13 @@ class ChangesPort(Protocol):
         """Drop whatever was staged (disconnect mid-snapshot)."""
 
     async def apply_server_changes(
-        self, changes: Sequence[TableChange], last_lsn: int, *, source: str
+        self, changes: Sequence[TableChange], last_lsn: int, *, source: str, server_time: int = 0
     ) -> ApplyOutcome:
         """Apply a catchup/live batch and ``last_lsn`` in one transaction.
+
+        ``server_time`` (the frame's timestamp, 0 for none) feeds the clock first, as
+        ``observe_server_time`` would: the frame that carries a batch needs no post
+        of its own for it.
 
         Follows PROTOCOL.md's client convergence rules (a server change loses to
         a pending local change that wins last-write-wins).  A failing batch is

@@ -211,10 +211,15 @@ class RemoteChangesPort:
         await self._call("port.abort_initial_sync", {})
 
     async def apply_server_changes(
-        self, changes: Sequence[TableChange], last_lsn: int, *, source: str
+        self, changes: Sequence[TableChange], last_lsn: int, *, source: str, server_time: int = 0
     ) -> ApplyOutcome:
-        """The batch crosses as one JSON string (``changes_json``), as snapshot chunks do."""
+        """The batch crosses as one JSON string (``changes_json``), as snapshot chunks do;
+        the frame's time rides along (``server_time``) when it is above the last one sent.
+        """
         args: dict[str, Any] = {"last_lsn": last_lsn, "source": source}
+        if server_time > self._observed:
+            self._observed = server_time
+            args["server_time"] = server_time
         args.update(_changes_arg(changes))
         return _outcome_from_wire(await self._call("port.apply_server_changes", args))
 
@@ -299,6 +304,7 @@ async def dispatch_port_call(port: ChangesPort, cmd: str, args: dict[str, Any]) 
             _changes_from_args(args),
             _int(args.get("last_lsn"), "last_lsn"),
             source=str(args.get("source", "live")),
+            server_time=_int(args.get("server_time", 0), "server_time"),
         )
         return _outcome_to_wire(outcome)
     if method == "advance_lsn":
