@@ -135,6 +135,9 @@ class Rpc {
   /** @param {any} message */
   receive(message) {
     const data = typeof message === "string" ? JSON.parse(message) : message;
+    // Events a request caused (a write's `tables_changed`) ride on its reply
+    // (browser_entry.PageEvents): handled first, as if they had come before it.
+    if (Array.isArray(data?.events)) for (const event of data.events) this.onEvent(event);
     if (data && typeof data.id === "number" && this.waiting.has(data.id)) {
       const pending = this.waiting.get(data.id);
       this.waiting.delete(data.id);

@@ -319,3 +319,55 @@ def test_malformed_frames_from_a_server_do_not_crash_the_worker(
     finally:
         context.close()
         fake.close()
+
+
+CHANGE_ORDER = """async (id) => {
+  const seen = [];
+  const off = db.on('change', (c) => seen.push(`change ${c.tables.join(',')} ${c.source}`));
+  await db.insert('projects', {id, name: 'events'});
+  seen.push('resolved');
+  off();
+  return seen;
+}"""
+
+
+def test_a_local_write_reports_its_tables_before_it_resolves_in_every_tab(
+    chromium: Any, open_client: Callable[..., Any], site_server: Any
+) -> None:
+    """The write's ``tables_changed`` rides on its reply (browser_entry.PageEvents): the
+    page still hears ``change`` before the call resolves, a follower tab hears it too,
+    and a page without sync (no Sync Worker) gets the same."""
+    context = chromium.new_context()
+    try:
+        first = open_client("events", context=context)
+        second = open_client("events", context=context, wait_live=False)
+        second.evaluate("() => { window.changes = []; db.on('change', (c) => changes.push(c)); }")
+        assert first.evaluate(CHANGE_ORDER, "ev-leader") == ["change projects local", "resolved"]
+        second.wait_for_function(
+            "() => changes.some((c) => c.source === 'local' && c.tables.includes('projects'))"
+        )
+        assert second.evaluate(CHANGE_ORDER, "ev-follower") == [
+            "change projects local",
+            "resolved",
+        ]
+        _wait_rows(
+            first,
+            "SELECT id FROM projects WHERE id LIKE 'ev-%' ORDER BY id",
+            [{"id": "ev-follower"}, {"id": "ev-leader"}],
+        )
+        first.wait_for_function(LIVE_AND_IDLE)  # both were sent to the server
+        assert server_rows(
+            site_server, "SELECT id FROM projects WHERE id LIKE 'ev-%' ORDER BY id"
+        ) == [("ev-follower",), ("ev-leader",)]
+        local = context.new_page()
+        local.set_default_timeout(BOOT_TIMEOUT_MS)
+        local.goto(site_server.http_url + "/api/health")
+        local.evaluate(
+            """async () => { const {TideSync} = await import('/js/tidesync.mjs');
+            window.db = await TideSync.open({name: 'events-local', sync: false}); }"""
+        )
+        assert local.evaluate(CHANGE_ORDER, "ev-local") == ["change projects local", "resolved"]
+        assert page_query(local, "SELECT count(*) AS n FROM local_changes") == [{"n": 1}]
+        local.evaluate("db.close()")
+    finally:
+        context.close()

@@ -168,6 +168,49 @@ def test_sqlite_every_journal_mode_survives_close_and_remount(
     r.close_opfs()
 
 
+PAGE_SIZES = r"""
+import sqlite3
+def open_db(path):
+    c = sqlite3.connect(path, isolation_level=None)
+    for p in opfs_storage.recommendedPragmas:
+        c.execute(p)
+    return c
+def fill(c, n):
+    c.execute('CREATE TABLE IF NOT EXISTS items(id INTEGER PRIMARY KEY, body TEXT NOT NULL)')
+    for i in range(n):
+        c.execute('BEGIN')
+        c.execute('INSERT INTO items(body) VALUES (?)', ('x' * (i % 300),))
+        c.execute('COMMIT')
+def report(c):
+    return [c.execute('PRAGMA page_size').fetchone()[0],
+            c.execute('SELECT count(*) FROM items').fetchone()[0],
+            c.execute('PRAGMA integrity_check').fetchone()[0],
+            c.execute('PRAGMA journal_mode').fetchone()[0]]
+"""
+
+
+def test_new_databases_get_2k_pages_and_a_4k_database_keeps_its_size(
+    harness_page: HarnessPage, opfs_dir: str
+) -> None:
+    """RECOMMENDED_PRAGMAS' page_size applies to a new file only: a database made with
+    4 KiB pages (the earlier default) opens, writes and checks out as before."""
+    w = harness_page.start_worker("pages")
+    w.mount(dir=opfs_dir, files=["new.sqlite3", "old.sqlite3"])
+    w.run(PAGE_SIZES)
+    w.run("new = open_db('/opfs/new.sqlite3'); fill(new, 300); new.close()")
+    w.run(
+        "old = sqlite3.connect('/opfs/old.sqlite3', isolation_level=None); "
+        "old.execute('PRAGMA page_size=4096'); old.execute('PRAGMA locking_mode=EXCLUSIVE'); "
+        "old.execute('PRAGMA journal_mode=WAL'); fill(old, 300); old.close()"
+    )
+    w.run("old = open_db('/opfs/old.sqlite3'); fill(old, 200)")  # reopened as the app would
+    assert w.run("report(old)") == [4096, 500, "ok", "wal"]
+    w.run("old.close(); new = open_db('/opfs/new.sqlite3')")
+    assert w.run("report(new)") == [2048, 300, "ok", "wal"]
+    w.run("new.close()")
+    w.close_opfs()
+
+
 GROUP_SETUP = r"""
 import sqlite3
 c = sqlite3.connect('/opfs/g.sqlite3', isolation_level=None)

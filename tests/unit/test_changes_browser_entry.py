@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tidesync.changes.browser_entry import (
+    PageEvents,
     RequestRunner,
     _describe,
     conflicts_in,
@@ -197,3 +198,49 @@ async def test_while_the_worker_is_busy_requests_become_tasks() -> None:
     s.runner.run(quick("b"))  # "a" is unfinished: "b" queues behind it
     await s.settle()
     assert s.log == ["a", "b"]
+
+
+# --- PageEvents: a page write's tables_changed rides on its reply ----------------------------
+
+
+def _changed(source: str) -> dict[str, Any]:
+    return {"event": "tables_changed", "tables": ["tasks"], "source": source}
+
+
+def test_a_local_change_during_a_page_request_rides_on_its_reply() -> None:
+    events = PageEvents()
+    events.requests = 1
+    assert events.defer(_changed("local"), "local")
+    reply = events.attach({"id": 7, "ok": True, "result": {"rowsAffected": 1}})
+    assert reply == {
+        "id": 7,
+        "ok": True,
+        "result": {"rowsAffected": 1},
+        "events": [_changed("local")],
+    }
+    assert events.deferred == []
+    assert events.attach({"id": 8, "ok": True, "result": None}) == {
+        "id": 8,
+        "ok": True,
+        "result": None,
+    }
+
+
+def test_other_sources_and_local_changes_outside_a_page_request_are_posted_at_once() -> None:
+    events = PageEvents()
+    assert not events.defer(_changed("local"), "local")  # no page request runs
+    events.requests = 1
+    for source in ("server", "initial", "results", "reset", "repair"):
+        assert not events.defer(_changed(source), source)
+    assert events.deferred == []
+
+
+def test_held_events_go_out_first_and_in_order_when_something_else_is_posted() -> None:
+    events = PageEvents()
+    events.requests = 2
+    events.defer({**_changed("local"), "n": 1}, "local")
+    events.defer({**_changed("local"), "n": 2}, "local")
+    sent: list[dict[str, Any]] = []
+    events.drain(sent.append)
+    assert [m["n"] for m in sent] == [1, 2]
+    assert events.deferred == []

@@ -26,6 +26,7 @@ from tidesync.worker_sync.shared.message_types import TableChange
 from tidesync.worker_sync.shared.port_codec import changes_to_wire, channel_text
 
 __all__ = [
+    "PageEvents",
     "RequestRunner",
     "decode_from_page",
     "encode_for_page",
@@ -118,30 +119,49 @@ async def start(bridge: Any) -> None:
     sync_status: dict[str, Any] = {}
     storage = bridge.storage
 
+    # Bound once: every JsProxy attribute lookup makes a new proxy, and these run per request.
+    post_page = bridge.post
+    post_sync = sync_port.postMessage
+    page_events = PageEvents()
+
     def to_page(message: dict[str, Any]) -> None:
-        bridge.post(text_or_js(message, encode_for_page(message)))
+        if page_events.deferred:
+            page_events.drain(send_page)
+        send_page(message)
+
+    def send_page(message: dict[str, Any]) -> None:
+        post_page(text_or_js(message, encode_for_page(message)))
 
     def to_sync(message: dict[str, Any]) -> None:
-        sync_port.postMessage(text_or_js(message, channel_text(message)))
+        post_sync(text_or_js(message, channel_text(message)))
 
-    def local_change(carried: list[TableChange] | None) -> None:
-        """Tell the Sync Worker; with the changes when it armed us (``arm_local_changes``).
-
-        Carried changes leave this worker, so they are flushed to OPFS first, as
-        ``serve_sync_request`` does for the changes it reads (see there).
-        """
-        if carried:
-            storage.flushAll()
-            to_sync({"event": "local_change", "changes": changes_to_wire(carried)})
-        else:
-            to_sync({"event": "local_change"})
-
-    worker.on_local_change(local_change)
-    worker.on_tables_changed(
-        lambda tables, source: to_page(
-            {"event": "tables_changed", "tables": list(tables), "source": source}
+    if config.get("sync") is not False:
+        # A page without sync has no Sync Worker: its end of the channel is never started,
+        # so a post per commit would only pile up there.
+        local_change_text = text_or_js(
+            {"event": "local_change"}, channel_text({"event": "local_change"})
         )
-    )
+
+        def local_change(carried: list[TableChange] | None) -> None:
+            """Tell the Sync Worker; with the changes when it armed us (``arm_local_changes``).
+
+            Carried changes leave this worker, so they are flushed to OPFS first, as
+            ``serve_sync_request`` does for the changes it reads (see there).
+            """
+            if carried:
+                storage.flushAll()
+                to_sync({"event": "local_change", "changes": changes_to_wire(carried)})
+            else:
+                post_sync(local_change_text)
+
+        worker.on_local_change(local_change)
+
+    def on_tables_changed(tables: tuple[str, ...], source: str) -> None:
+        message = {"event": "tables_changed", "tables": list(tables), "source": source}
+        if not page_events.defer(message, source):
+            to_page(message)
+
+    worker.on_tables_changed(on_tables_changed)
     worker.on_query_result(
         lambda sub_id, rows: to_page({"event": "query_result", "subId": sub_id, "rows": rows})
     )
@@ -164,7 +184,12 @@ async def start(bridge: Any) -> None:
             return
         if cmd == "close":
             to_sync({"event": "close"})
-        to_page(await handle_request(worker, data))
+        page_events.requests += 1
+        try:
+            reply = await handle_request(worker, data)
+        finally:
+            page_events.requests -= 1
+        to_page(page_events.attach(reply))
         if cmd == "close":
             await _close_storage(bridge)
 
@@ -253,6 +278,44 @@ async def serve_sync_request(
     if cmd == "port.record_results" and reply.get("ok"):
         for lost in conflicts_in(data.get("args") or {}):
             to_page({"event": "conflict", "change": await _describe(worker, lost)})
+
+
+class PageEvents:
+    """The ``tables_changed`` event of a page's own write rides on that write's reply.
+
+    Why: a post to the page is a Python -> JS call, a JSON encode and a message event
+    in the page, and a one-row insert made two of them (the event, then the reply).
+    A local write's tables are known in the step that commits it, and that same
+    synchronous step returns the reply (nothing awaits in between), so the event is
+    held (``defer``) only while a page request runs and goes out in the reply's
+    ``events`` (``attach``), which the page handles, in order, before it resolves
+    the call (``js_shim/tidesync.mjs`` ``Rpc.receive``).  Anything else posted to the
+    page first sends what is held (``drain``), so events keep their order; events
+    of other sources, and any local one while no page request runs, are posted as
+    they come.
+    """
+
+    def __init__(self) -> None:
+        self.requests = 0  # page requests started and not yet replied to
+        self.deferred: list[dict[str, Any]] = []
+
+    def defer(self, message: dict[str, Any], source: str) -> bool:
+        """Hold ``message`` for the next reply; False: post it now."""
+        if source != "local" or not self.requests:
+            return False
+        self.deferred.append(message)
+        return True
+
+    def attach(self, reply: dict[str, Any]) -> dict[str, Any]:
+        if not self.deferred:
+            return reply
+        events, self.deferred = self.deferred, []
+        return {**reply, "events": events}
+
+    def drain(self, send: Callable[[dict[str, Any]], None]) -> None:
+        events, self.deferred = self.deferred, []
+        for message in events:
+            send(message)
 
 
 class RequestRunner:

@@ -58,6 +58,9 @@ _READ_PRAGMAS = frozenset(
 )
 
 
+_SQL_CACHE_SIZE = 256
+
+
 class WriteError(ValueError):
     """A write the app asked for that does not fit the schema (nothing was written)."""
 
@@ -131,6 +134,10 @@ class LocalWriter:
         self._schema = schema
         self._tick = tick
         self.touched = TouchedTables(conn)
+        # SQL text of typed writes by (op, table, columns): an app writes a table with the
+        # same few column sets over and over, and quoting them anew cost a few percent of
+        # a one-row insert's Python time.  Names are the schema's, checked before use.
+        self._sql: dict[tuple[str, str, tuple[str, ...]], str] = {}
 
     def run(self, op: WriteOp) -> WriteResult:
         if op.op == "execute":
@@ -157,20 +164,26 @@ class LocalWriter:
 
     def insert(self, table: object, row: Mapping[str, Any]) -> WriteResult:
         info, data = self._prepare(table, row, full_row=True)
-        cols = list(data)
-        return self._run(
-            info,
-            "insert",
-            f"INSERT INTO {quote_ident(info.name)} ({_idents(cols)}) VALUES ({_marks(cols)})",
-            [data[c] for c in cols],
-        )
+        cols = tuple(data)
+        key = ("insert", info.name, cols)
+        sql = self._sql.get(key)
+        if sql is None:
+            sql = self._remember(
+                key,
+                f"INSERT INTO {quote_ident(info.name)} ({_idents(cols)}) VALUES ({_marks(cols)})",
+            )
+        return self._run(info, "insert", sql, list(data.values()))
 
     def upsert(self, table: object, row: Mapping[str, Any]) -> WriteResult:
         """Insert, or update the row with the same key (never REPLACE: that would cascade)."""
         info, data = self._prepare(table, row, full_row=True)
-        cols = list(data)
-        others = [c for c in cols if c not in info.primary_key]
-        return self._run(info, "upsert", upsert_sql(info, cols, others), [data[c] for c in cols])
+        cols = tuple(data)
+        key = ("upsert", info.name, cols)
+        sql = self._sql.get(key)
+        if sql is None:
+            others = [c for c in cols if c not in info.primary_key]
+            sql = self._remember(key, upsert_sql(info, cols, others))
+        return self._run(info, "upsert", sql, list(data.values()))
 
     def update(self, table: object, row: Mapping[str, Any]) -> WriteResult:
         """``row`` holds the key plus the columns to change."""
@@ -207,6 +220,12 @@ class LocalWriter:
             list(data.values()),
         )
         return {**result, "lastInsertRowid": None}
+
+    def _remember(self, key: tuple[str, str, tuple[str, ...]], sql: str) -> str:
+        if len(self._sql) >= _SQL_CACHE_SIZE:  # an app with ever new column sets: start over
+            self._sql.clear()
+        self._sql[key] = sql
+        return sql
 
     def _table(self, table: object) -> TableInfo:
         info = self._schema.table(table)
