@@ -8,6 +8,7 @@ names never reach SQL unchecked, and that the port carries one string per chunk.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from tidesync.changes import worker as worker_module
 from tidesync.changes.worker import ChangesWorker
 from tidesync.changes.worker_processor import handle_request
 from tidesync.worker_sync.shared.message_types import Operation, TableChange
@@ -445,3 +447,34 @@ async def test_an_init_rows_chunk_that_does_not_fit_is_refused_and_stages_nothin
     with pytest.raises(ValueError, match="srv_init_rows"):
         await worker.stage_initial_json("tasks", json.dumps(frame))
     assert staged_counts(worker) == (0, 0)
+
+
+async def test_the_snapshot_commit_leaves_its_checkpoint_for_a_moment_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The auto-checkpoint is not on the path to live; the WAL is copied in soon after."""
+    monkeypatch.setattr(worker_module, "CHECKPOINT_DELAY_S", 0.05)
+    path = tmp_path / "ckpt.db"
+    w = ChangesWorker(str(path), now_ms=lambda: T0)
+    try:
+        w._conn.execute("PRAGMA wal_autocheckpoint = 10")  # pages: the snapshot is far more
+        w._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        before = path.stat().st_size
+        await w.begin_initial_sync(7)
+        await w.stage_initial_json(
+            "projects", json.dumps([wire("projects", {"id": "p1", "name": "P", "updated_at": AT})])
+        )
+        await w.stage_initial_json(
+            "tasks", json.dumps([wire("tasks", task(i)) for i in range(2000)])
+        )
+        await w.commit_initial_sync(7)
+        assert path.stat().st_size == before  # all of it still in the WAL
+        assert w._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 10
+        for _ in range(200):
+            if path.stat().st_size > before:
+                break
+            await asyncio.sleep(0.01)
+        assert path.stat().st_size > before, "the WAL was never checkpointed"
+        assert len(await rows(w, "tasks")) == 2000
+    finally:
+        await w.close()
