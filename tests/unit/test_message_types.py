@@ -258,6 +258,16 @@ def test_bad_init_rows_frames_are_refused_naming_the_field(
         assert info.value.ref_message_id == "m-rows"
 
 
+@pytest.mark.parametrize("name", ["columns", "rows", "versions", "sequence"])
+def test_an_init_rows_frame_missing_a_field_is_refused_naming_it(name: str) -> None:
+    frame = _rows_frame()
+    del frame[name]
+    for decode in (decode_server_frame, lambda t: decode_message(t, expect="srv")):
+        with pytest.raises(ProtocolError) as info:
+            decode(json.dumps(frame))
+        assert (info.value.code, info.value.field) == (ErrorCode.MISSING_FIELD, name)
+
+
 def test_init_rows_frame_with_explicit_versions_only_needs_no_updated_at_column() -> None:
     frame = _rows_frame(
         columns=["id", "done"],

@@ -145,16 +145,14 @@ class _Init:
     unacked: list[tuple[str, int]] = field(default_factory=list)
 
     def next_chunks(self, rows: int, window: int) -> list[tuple[Any, mt.InitSequence]]:
-        """The chunks to send now: as many as the window of unacknowledged ones allows.
-
-        Each is ``read(table, rows)`` (``Snapshot.read_chunk`` or ``read_rows``) and its
-        sequence.
-        """
+        """The chunks to send now: as many as the window of unacknowledged ones allows."""
         return self.next_chunks_of(self.snapshot.read_chunk, rows, window)
 
     def next_chunks_of(
         self, read: Callable[[str, int], Any], rows: int, window: int
     ) -> list[tuple[Any, mt.InitSequence]]:
+        """``next_chunks`` with each chunk read by ``read(table, rows)``
+        (``Snapshot.read_chunk``, or ``read_rows`` for ``srv_init_rows``)."""
         out: list[tuple[Any, mt.InitSequence]] = []
         while len(self.unacked) < window and self.table_index < len(self.tables):
             table = self.tables[self.table_index]

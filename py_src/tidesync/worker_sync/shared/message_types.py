@@ -663,7 +663,7 @@ def _check_row_shapes(columns: Sequence[str], rows: Sequence[Any], versions: Seq
     if len(versions) != len(rows):
         raise _invalid("versions", f"must have one entry per row ({len(rows)})")
     width = len(columns)
-    if set(map(len, rows)) != {width}:
+    if rows and set(map(len, rows)) != {width}:
         index = next(i for i, r in enumerate(rows) if len(r) != width)
         raise _invalid(f"rows[{index}]", f"must hold {width} values, one per column")
     if None not in versions:
@@ -1109,12 +1109,14 @@ def decode_server_frame(text: str) -> Message | InitChunkFrame:
 def _decode_rows_frame(raw: dict[str, Any], text: str) -> InitChunkFrame:
     """``srv_init_rows`` checked as ``decode_message`` checks it, its rows left as text.
 
-    The usual chunk (every row a list of scalars, every version null or one of a few
-    distinct pairs) is checked with C-level builtins over the whole list; the field
-    decoders run per row only to name what is wrong.
+    The usual chunk (every row a list of scalars, every version null) is checked with
+    C-level builtins over the whole list; explicit versions are checked one by one, and
+    the field decoders run per row only to name what is wrong.
     """
     rows, versions = raw["rows"], raw.get("versions")
-    envelope = {**raw, "rows": [[]], "versions": []}
+    envelope = {**raw, "rows": [[]]}
+    if "versions" in raw:  # a missing one is refused as ``decode_message`` refuses it
+        envelope["versions"] = []
     _check_depth(envelope)
     _, values = _decode_parsed(envelope, "srv")
     ref = values.get("message_id")
