@@ -46,7 +46,9 @@ def _serve(args: argparse.Namespace) -> int:
         if added:
             log.info("seeded %d demo rows into %s", added, args.db)
     config = SessionConfig(
-        heartbeat_interval_ms=int(args.heartbeat * 1000), table_resync=not args.no_table_resync
+        heartbeat_interval_ms=int(args.heartbeat * 1000),
+        table_resync=not args.no_table_resync,
+        init_rows=not args.no_init_rows,
     )
     app = create_app(
         args.db,
@@ -96,6 +98,11 @@ def _parser() -> argparse.ArgumentParser:
         "--no-table-resync",
         action="store_true",
         help="answer the table re-sync extension as a server without it would (tests)",
+    )
+    serve.add_argument(
+        "--no-init-rows",
+        action="store_true",
+        help="ignore initFormat=rows and send srv_init_changes, as a server without it (tests)",
     )
     serve.add_argument("--log-level", default="INFO")
     serve.set_defaults(func=_serve)

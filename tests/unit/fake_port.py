@@ -17,7 +17,9 @@ from tidesync.worker_sync.shared.changes_port import ApplyOutcome, LocalState
 from tidesync.worker_sync.shared.message_types import (
     ChangeResult,
     Operation,
+    SrvInitRows,
     TableChange,
+    decode_message,
 )
 
 
@@ -63,6 +65,11 @@ class FakePort:
 
     async def stage_initial_json(self, table: str, changes_json: str) -> None:
         parsed = json.loads(changes_json)
+        if isinstance(parsed, dict) and parsed.get("type") == "srv_init_rows":
+            rows = decode_message(changes_json)
+            assert isinstance(rows, SrvInitRows)
+            await self.stage_initial_chunk(table, rows.changes())
+            return
         items = parsed["changes"] if isinstance(parsed, dict) else parsed  # a forwarded frame
         changes = [TableChange.from_wire(item) for item in items]
         await self.stage_initial_chunk(table, changes)

@@ -211,6 +211,13 @@ def _templates() -> dict[str, dict[str, Any]]:
             changes=[_wire_change(operation="insert", data=init_row, lsn=None)],
             sequence={"table": "tasks", "chunk": 1, "total": 1},
         ),
+        "srv_init_rows": _srv(
+            "srv_init_rows",
+            sequence={"table": "tasks", "chunk": 1, "total": 1},
+            columns=list(init_row),
+            rows=[list(init_row.values())],
+            versions=[["2026-11-25T10:00:00.000Z", "author-1"]],
+        ),
         "srv_init_complete": _srv("srv_init_complete", serverLSN="0/15"),
         "srv_catchup_changes": _srv(
             "srv_catchup_changes",
@@ -308,6 +315,16 @@ def test_every_field_of_every_server_message_with_a_wrong_type_or_missing_gets_c
         target = frame["sequence"]
     elif "results" in frame and data.draw(st.booleans(), label="inside a result"):
         target = frame["results"][0]
+    elif "rows" in frame and data.draw(st.booleans(), label="inside a row"):
+        target = {"row": frame["rows"], "version": frame["versions"]}  # the item, replaced
+        frame["rows"] = [data.draw(json_values.filter(lambda v: not isinstance(v, list)))]
+        if data.draw(st.booleans(), label="the version instead"):
+            frame["rows"] = target["row"]
+            frame["versions"] = [
+                data.draw(json_values.filter(lambda v: v is not None and not isinstance(v, list)))
+            ]
+        _assert_refused(template, workdir, phase, json.dumps(frame))
+        return
     name = data.draw(st.sampled_from(sorted(k for k in target if k != "type")), label="field")
     original = target[name]
     if data.draw(st.booleans(), label="drop it") and name not in OPTIONAL_FIELDS:

@@ -8,6 +8,7 @@ names never reach SQL unchecked, and that the port carries one string per chunk.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from tidesync.changes import worker as worker_module
 from tidesync.changes.worker import ChangesWorker
 from tidesync.changes.worker_processor import handle_request
 from tidesync.worker_sync.shared.message_types import Operation, TableChange
@@ -289,3 +291,190 @@ async def test_a_server_batch_crosses_the_port_as_one_json_string(worker: Change
     with pytest.raises(RuntimeError, match=r"changes_json\[0\]"):
         await call("port.apply_server_changes", {"changes_json": "[5]", "last_lsn": 20})
     assert (await worker.local_state()).lsn == 12
+
+
+# --- srv_init_rows (extension): columns once, rows as arrays ------------------------------
+
+TASK_COLUMNS = ["id", "project_id", "title", "done", "updated_at"]
+
+
+def rows_frame(
+    table: str,
+    columns: list[str],
+    values: list[list[Any]],
+    versions: list[Any] | None = None,
+) -> str:
+    """An ``srv_init_rows`` frame as the Sync Worker forwards it (the whole frame's text)."""
+    return json.dumps(
+        {
+            "type": "srv_init_rows",
+            "clientId": "c",
+            "messageId": "m",
+            "timestamp": T0,
+            "sequence": {"table": table, "chunk": 1, "total": 1},
+            "columns": columns,
+            "rows": values,
+            "versions": versions if versions is not None else [None] * len(values),
+        }
+    )
+
+
+async def _stage_both_ways(tmp_path: Path, rows_: list[dict[str, Any]], columns: list[str]) -> Any:
+    """The same rows staged as ``srv_init_rows`` and as ``srv_init_changes`` (reference)."""
+    project = {"id": "p1", "name": "P", "updated_at": AT}
+    results = []
+    for name in ("rows", "changes"):
+        w = ChangesWorker(str(tmp_path / f"{name}.db"), now_ms=lambda: T0)
+        try:
+            await w.begin_initial_sync(3)
+            if name == "rows":
+                await w.stage_initial_json(
+                    "projects", rows_frame("projects", list(project), [list(project.values())])
+                )
+                values = [[r.get(c) for c in columns] for r in rows_]
+                versions = [None if "updated_at" in columns else [AT, None] for _ in rows_]
+                await w.stage_initial_json("tasks", rows_frame("tasks", columns, values, versions))
+                counts = staged_counts(w)
+            else:
+                await w.stage_initial_json("projects", json.dumps([wire("projects", project)]))
+                changes = [wire("tasks", {c: r.get(c) for c in columns}) for r in rows_]
+                await w.stage_initial_json("tasks", json.dumps(changes))
+            outcome = await w.commit_initial_sync(3)
+            results.append((await rows(w, "tasks"), outcome.applied, outcome.failed))
+        finally:
+            await w.close()
+    assert results[0] == results[1]
+    return counts, results[0]
+
+
+async def test_init_rows_in_schema_order_go_to_the_typed_stage_as_they_are(
+    worker: ChangesWorker,
+) -> None:
+    await worker.begin_initial_sync(9)
+    project = {"id": "p1", "name": "P", "updated_at": AT}
+    await worker.stage_initial_json(
+        "projects", rows_frame("projects", list(project), [list(project.values())])
+    )
+    values = [[task(i)[c] for c in TASK_COLUMNS] for i in range(50)]
+    await worker.stage_initial_json("tasks", rows_frame("tasks", TASK_COLUMNS, values))
+    assert staged_counts(worker) == (50, 0)
+    outcome = await worker.commit_initial_sync(9)
+    assert (outcome.applied, outcome.failed) == (51, 0)
+    assert await rows(worker, "tasks") == sorted(
+        (task(i) for i in range(50)), key=lambda r: r["id"]
+    )
+    assert await worker.pending_count() == 0
+
+
+async def test_init_rows_with_odd_values_store_what_the_changes_form_stores(
+    tmp_path: Path,
+) -> None:
+    """Values the bulk check cannot vouch for take the per-row path, as in the changes form."""
+    odd = [
+        task(1, done=True),
+        task(2, project_id=None),
+        task(3, done=2.5),
+        task(4, done="7"),  # text in an INTEGER column: refused per row
+        task(5, done=2**63),  # out of 64-bit range: refused
+        task(6, title=None),  # NOT NULL: refused
+        task(7, title=12),
+        task(8, id=None),  # a null primary key: refused
+        task(9, title="ünïcødé ✓ \U0001f600 'quoted' \"dq\""),
+    ]
+    counts, (_, applied, failed) = await _stage_both_ways(tmp_path, odd, TASK_COLUMNS)
+    assert counts == (5, 4)
+    assert (applied, failed) == (6, 4)  # 5 tasks and the project; 4 refused
+
+
+@pytest.mark.parametrize(
+    ("columns", "counts"),
+    [
+        (["updated_at", "title", "done", "project_id", "id"], (4, 0)),  # another order
+        (["id", "project_id", "title", "done"], (4, 0)),  # no updated_at: the versions' time
+        (["id", "title", "updated_at"], (0, 4)),  # columns left to their defaults
+        (["id", "project_id", "title", "done", "updated_at", "extra"], (0, 4)),  # refused
+    ],
+)
+async def test_init_rows_with_other_columns_store_what_the_changes_form_stores(
+    tmp_path: Path, columns: list[str], counts: tuple[int, int]
+) -> None:
+    """Columns that are not the schema's, in its order, become changes (``_stage_items``)."""
+    rows_ = [task(i, extra="x") for i in range(4)]
+    staged, _ = await _stage_both_ways(tmp_path, rows_, columns)
+    assert staged == counts
+
+
+async def test_init_rows_keep_pending_local_changes(worker: ChangesWorker) -> None:
+    project = {"id": "p1", "name": "P", "updated_at": AT}
+    await worker.begin_initial_sync(1)
+    await worker.stage_initial_json("projects", json.dumps([wire("projects", project)]))
+    await worker.stage_initial_json("tasks", json.dumps([wire("tasks", task(i)) for i in (1, 2)]))
+    await worker.commit_initial_sync(1)
+    await worker.update("tasks", {"id": "t1", "title": "edited offline"})
+    await worker.delete("tasks", "t2")
+
+    await worker.begin_initial_sync(5)
+    await worker.stage_initial_json(
+        "projects", rows_frame("projects", list(project), [list(project.values())])
+    )
+    snapshot = [task(1, title="server title", done=1), task(2), task(4)]
+    values = [[r[c] for c in TASK_COLUMNS] for r in snapshot]
+    await worker.stage_initial_json("tasks", rows_frame("tasks", TASK_COLUMNS, values))
+    await worker.commit_initial_sync(5)
+    got = {r["id"]: r for r in await rows(worker, "tasks")}
+    assert (got["t1"]["title"], got["t1"]["done"]) == ("edited offline", 1)
+    assert "t2" not in got and got["t4"] == task(4)
+    assert await worker.pending_count() == 2
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"columns": "id"},
+        {"rows": {"a": 1}},
+        {"versions": None},
+        {"versions": []},  # not one per row
+        {"rows": [["t1", "p1"]]},  # not one value per column
+        {"columns": [1, 2, 3, 4, 5]},
+    ],
+)
+async def test_an_init_rows_chunk_that_does_not_fit_is_refused_and_stages_nothing(
+    worker: ChangesWorker, fields: dict[str, Any]
+) -> None:
+    frame = json.loads(rows_frame("tasks", TASK_COLUMNS, [[task(1)[c] for c in TASK_COLUMNS]]))
+    frame.update(fields)
+    await worker.begin_initial_sync(2)
+    with pytest.raises(ValueError, match="srv_init_rows"):
+        await worker.stage_initial_json("tasks", json.dumps(frame))
+    assert staged_counts(worker) == (0, 0)
+
+
+async def test_the_snapshot_commit_leaves_its_checkpoint_for_a_moment_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The auto-checkpoint is not on the path to live; the WAL is copied in soon after."""
+    monkeypatch.setattr(worker_module, "CHECKPOINT_DELAY_S", 0.05)
+    path = tmp_path / "ckpt.db"
+    w = ChangesWorker(str(path), now_ms=lambda: T0)
+    try:
+        w._conn.execute("PRAGMA wal_autocheckpoint = 10")  # pages: the snapshot is far more
+        w._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        before = path.stat().st_size
+        await w.begin_initial_sync(7)
+        await w.stage_initial_json(
+            "projects", json.dumps([wire("projects", {"id": "p1", "name": "P", "updated_at": AT})])
+        )
+        await w.stage_initial_json(
+            "tasks", json.dumps([wire("tasks", task(i)) for i in range(2000)])
+        )
+        await w.commit_initial_sync(7)
+        assert path.stat().st_size == before  # all of it still in the WAL
+        assert w._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 10
+        for _ in range(200):
+            if path.stat().st_size > before:
+                break
+            await asyncio.sleep(0.01)
+        assert path.stat().st_size > before, "the WAL was never checkpointed"
+        assert len(await rows(w, "tasks")) == 2000
+    finally:
+        await w.close()

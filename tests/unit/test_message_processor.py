@@ -30,6 +30,7 @@ from tidesync.worker_sync.shared.message_types import (
     SrvHeartbeat,
     SrvInitChanges,
     SrvInitComplete,
+    SrvInitRows,
     SrvInitStart,
     SrvLiveChanges,
     SrvLsnUpdate,
@@ -85,6 +86,13 @@ SAMPLES: dict[MessageType, str] = {
     MessageType.SRV_INIT_START: srv(SrvInitStart, server_lsn=10),
     MessageType.SRV_INIT_CHANGES: srv(
         SrvInitChanges, changes=(change("a"),), sequence=InitSequence("tasks", 1, 1)
+    ),
+    MessageType.SRV_INIT_ROWS: srv(
+        SrvInitRows,
+        sequence=InitSequence("tasks", 1, 1),
+        columns=("id", "title", "updated_at"),
+        rows=(("row-a", "a", "2026-11-25T10:00:00.000Z"),),
+        versions=(None,),
     ),
     MessageType.SRV_INIT_COMPLETE: srv(SrvInitComplete, server_lsn=10),
     MessageType.SRV_CATCHUP_CHANGES: srv(

@@ -39,6 +39,7 @@ from tidesync.worker_sync.shared.message_types import (
     SrvHeartbeat,
     SrvInitChanges,
     SrvInitComplete,
+    SrvInitRows,
     SrvInitStart,
     SrvLiveChanges,
     SrvLsnUpdate,
@@ -78,6 +79,12 @@ EXAMPLES: dict[type[Message], dict[str, Any]] = {
     SrvInitStart: {"server_lsn": 31},
     SrvInitChanges: {"changes": (CHANGE,), "sequence": InitSequence("tasks", 1, 3)},
     SrvInitComplete: {"server_lsn": 31},
+    SrvInitRows: {
+        "sequence": InitSequence("tasks", 1, 3),
+        "columns": ("id", "title", "updated_at"),
+        "rows": (("t1", "a", "2026-11-25T10:00:00.000Z"), ("t2", None, "2026-11-25T10:00:01.000Z")),
+        "versions": (None, ("2026-11-25T10:00:02.000Z", "author-1")),
+    },
     SrvCatchupChanges: {"changes": (CHANGE,), "last_lsn": 40, "sequence": ChunkSequence(2, 5)},
     SrvCatchupCompleted: {
         "start_lsn": 1,
@@ -169,6 +176,11 @@ def test_server_frames_decode_as_decode_message_does_but_init_chunks_stay_text(
         assert info.value.code is ErrorCode.UNKNOWN_TYPE
         return
     decoded = decode_server_frame(text)
+    if cls is SrvInitRows:
+        assert isinstance(decoded, InitChunkFrame) and isinstance(message, SrvInitRows)
+        assert decoded.type is MessageType.SRV_INIT_ROWS and decoded.text == text
+        assert (decoded.sequence, decoded.rows) == (message.sequence, len(message.rows))
+        return
     if cls is not SrvInitChanges:
         assert decoded == message
         return
@@ -180,6 +192,96 @@ def test_server_frames_decode_as_decode_message_does_but_init_chunks_stay_text(
         message.client_id,
     )
     assert (decoded.sequence, decoded.rows) == (message.sequence, len(message.changes))
+
+
+def _rows_frame(**fields: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "type": "srv_init_rows",
+        "clientId": CID,
+        "messageId": "m-rows",
+        "timestamp": NOW,
+        "sequence": {"table": "tasks", "chunk": 1, "total": 1},
+        "columns": ["id", "done", "updated_at"],
+        "rows": [["t1", 0, "2026-11-25T10:00:00.000Z"], ["t2", 1, "2026-11-25T10:00:00.000Z"]],
+        "versions": [None, ["2026-11-25T10:00:05.000Z", None]],
+    }
+    body.update(fields)
+    return body
+
+
+@pytest.mark.parametrize(
+    ("fields", "path"),
+    [
+        ({"columns": []}, "columns"),
+        ({"columns": "id"}, "columns"),
+        ({"columns": ["id", "id", "updated_at"]}, "columns"),
+        ({"columns": ["id", 5, "updated_at"]}, "columns[1]"),
+        ({"columns": ["id", "", "updated_at"]}, "columns[1]"),
+        ({"rows": []}, "rows"),
+        ({"rows": {"0": []}}, "rows"),
+        ({"rows": [["t1", 0, "2026-11-25T10:00:00.000Z"], "t2"]}, "rows[1]"),
+        ({"rows": [["t1", [0], "2026-11-25T10:00:00.000Z"]], "versions": [None]}, "rows[0][1]"),
+        (
+            {"rows": [["t1", {"a": 1}, "2026-11-25T10:00:00.000Z"]], "versions": [None]},
+            "rows[0][1]",
+        ),
+        ({"rows": [["t1", 0]], "versions": [["2026-11-25T10:00:05.000Z", None]]}, "rows[0]"),
+        (
+            {"rows": [["t1", 0, "x", 1]], "versions": [["2026-11-25T10:00:05.000Z", None]]},
+            "rows[0]",
+        ),
+        ({"versions": [None]}, "versions"),
+        ({"versions": None}, "versions"),
+        ({"versions": [None, "2026-11-25T10:00:05.000Z"]}, "versions[1]"),
+        ({"versions": [None, ["2026-11-25T10:00:05.000Z"]]}, "versions[1]"),
+        ({"versions": [None, ["yesterday", None]]}, "versions[1][0]"),
+        ({"versions": [None, ["2026-11-25 10:00:05", None]]}, "versions[1][0]"),
+        ({"versions": [None, ["2026-11-25T10:00:05.000Z", ""]]}, "versions[1][1]"),
+        ({"versions": [None, ["2026-11-25T10:00:05.000Z", 7]]}, "versions[1][1]"),
+        ({"rows": [["t1", 0, "soon"]], "versions": [None]}, "versions[0]"),
+        ({"rows": [["t1", 0, None]], "versions": [None]}, "versions[0]"),
+        ({"columns": ["id", "done", "title"]}, "versions[0]"),  # null needs an updated_at column
+        ({"sequence": {"table": "tasks", "chunk": "1", "total": 1}}, "sequence.chunk"),
+    ],
+)
+def test_bad_init_rows_frames_are_refused_naming_the_field(
+    fields: dict[str, Any], path: str
+) -> None:
+    """Every check of ``srv_init_rows``, on the bulk path (``decode_server_frame``) and the
+    generic one (``decode_message``) alike: same code, same field, the frame's messageId."""
+    text = json.dumps(_rows_frame(**fields))
+    for decode in (decode_server_frame, lambda t: decode_message(t, expect="srv")):
+        with pytest.raises(ProtocolError) as info:
+            decode(text)
+        assert info.value.code is ErrorCode.INVALID_FIELD, info.value.message
+        assert info.value.field == path, info.value.message
+        assert info.value.ref_message_id == "m-rows"
+
+
+@pytest.mark.parametrize("name", ["columns", "rows", "versions", "sequence"])
+def test_an_init_rows_frame_missing_a_field_is_refused_naming_it(name: str) -> None:
+    frame = _rows_frame()
+    del frame[name]
+    for decode in (decode_server_frame, lambda t: decode_message(t, expect="srv")):
+        with pytest.raises(ProtocolError) as info:
+            decode(json.dumps(frame))
+        assert (info.value.code, info.value.field) == (ErrorCode.MISSING_FIELD, name)
+
+
+def test_init_rows_frame_with_explicit_versions_only_needs_no_updated_at_column() -> None:
+    frame = _rows_frame(
+        columns=["id", "done"],
+        rows=[["t1", 0], ["t2", True]],
+        versions=[["2026-11-25T10:00:05.000Z", None], ["2026-11-25T10:00:06.000Z", "a1"]],
+    )
+    decoded = decode_server_frame(json.dumps(frame))
+    assert isinstance(decoded, InitChunkFrame) and decoded.rows == 2
+    message = decode_message(json.dumps(frame))
+    assert isinstance(message, SrvInitRows)
+    assert [(c.data, c.updated_at, c.client_id) for c in message.changes()] == [
+        ({"id": "t1", "done": 0}, "2026-11-25T10:00:05.000Z", None),
+        ({"id": "t2", "done": True}, "2026-11-25T10:00:06.000Z", "a1"),
+    ]
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -329,3 +330,88 @@ def test_a_cursor_behind_the_ring_reads_the_file_in_a_thread(tmp_path: Path) -> 
     assert isinstance(ack, mt.Message) and session.blocking(ack)
     (second,) = session.handle(ack, NOW).messages  # served from the file: no gap
     assert second.changes[0].lsn == first.last_lsn + 1  # type: ignore[attr-defined]
+
+
+def _stream_init(session: Session, client_id: str, out: Output) -> list[mt.Message]:
+    """Acknowledge every snapshot chunk until ``srv_init_complete``; the chunks sent."""
+    chunks: list[mt.Message] = []
+    pending = list(out.messages[1:])
+    while pending:
+        message = pending.pop(0)
+        if isinstance(message, mt.SrvInitComplete):
+            return chunks
+        assert isinstance(message, mt.SrvInitChanges | mt.SrvInitRows), message
+        chunks.append(message)
+        seq = message.sequence
+        ack = _frame(mt.CltInitReceived, client_id, table=seq.table, chunk=seq.chunk)
+        pending += session.receive(ack, NOW).messages
+    raise AssertionError("no srv_init_complete")
+
+
+def test_a_client_asking_for_init_rows_gets_the_same_rows_as_columns_and_arrays(
+    tmp_path: Path,
+) -> None:
+    hub = _hub(tmp_path)
+    _write(hub, "w", 12)
+    hub.apply(  # a row written by another program: no author, a version time of its own
+        "w",
+        [
+            TableChange(
+                id="w-odd",
+                table="tasks",
+                operation=Operation.INSERT,
+                data={"id": "odd", "title": "y", "updated_at": "2030-01-01T00:00:00.000Z"},
+                updated_at="2031-02-03T04:05:06.789Z",
+            )
+        ],
+    )
+    with sqlite3.connect(tmp_path / "s.db") as conn:  # another program: no author
+        conn.executemany(
+            "INSERT INTO tasks (id, title, updated_at) VALUES (?, 'z', ?)",
+            [("ext1", "2030-05-05T00:00:00.000Z"), ("ext2", "2030-05-05 01:00:00")],
+        )
+    hub.poll()
+    config = SessionConfig(init_chunk_rows=5, init_window=2)
+    old, old_out = open_session("old", "0/0", hub, config, NOW)
+    new, new_out = open_session("new", "0/0", hub, config, NOW, "rows")
+    other, other_out = open_session("other", "0/0", hub, config, NOW, "cbor")
+    assert old is not None and new is not None and other is not None
+    assert [type(m) for m in new_out.messages] == [mt.SrvInitStart, mt.SrvInitRows, mt.SrvInitRows]
+    assert {type(m) for m in other_out.messages[1:]} == {mt.SrvInitChanges}  # unknown: ignored
+    expected = [
+        (c.table, c.data, c.updated_at, c.client_id)
+        for m in _stream_init(old, "old", old_out)
+        if isinstance(m, mt.SrvInitChanges)
+        for c in m.changes
+    ]
+    chunks = _stream_init(new, "new", new_out)
+    got = []
+    for message in chunks:
+        assert isinstance(message, mt.SrvInitRows)
+        decoded = mt.decode_message(encode_message(message), expect="srv")  # through the wire
+        assert isinstance(decoded, mt.SrvInitRows)
+        assert list(decoded.columns) == ["id", "project_id", "title", "done", "updated_at"]
+        got += [(c.table, c.data, c.updated_at, c.client_id) for c in decoded.changes()]
+    assert len(got) == 15 and got == expected
+    versions = {
+        r[0]: v
+        for m in chunks
+        if isinstance(m, mt.SrvInitRows)
+        for r, v in zip(m.rows, m.versions, strict=True)
+    }
+    assert list(versions["odd"] or ()) == ["2031-02-03T04:05:06.789Z", "w"]
+    assert versions["ext1"] is None  # implied: its own updated_at, no author
+    assert versions["ext2"] is not None  # not a canonical time: sent normalised
+    assert versions["ext2"][1] is None
+    assert new.phase is Phase.INIT_WAIT
+    for session in (old, new, other):
+        session.close()
+
+
+def test_a_server_without_init_rows_ignores_the_request(tmp_path: Path) -> None:
+    hub = _hub(tmp_path)
+    _write(hub, "w", 3)
+    session, out = open_session("c", "0/0", hub, SessionConfig(init_rows=False), NOW, "rows")
+    assert session is not None
+    assert [type(m) for m in out.messages] == [mt.SrvInitStart, mt.SrvInitChanges]
+    session.close()

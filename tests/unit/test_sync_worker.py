@@ -159,6 +159,13 @@ def test_url_carries_client_id_and_lsn() -> None:
     assert build_sync_url("ws://h/s?token=t", "c", 0).endswith("?token=t&clientId=c&lsn=0/0")
 
 
+def test_url_asks_for_compact_snapshot_chunks_only_when_an_initial_sync_is_due() -> None:
+    assert build_sync_url("ws://h/s", "c", 0, init_rows=True) == (
+        "ws://h/s?clientId=c&lsn=0/0&initFormat=rows"
+    )
+    assert build_sync_url("ws://h/s", "c", 0x1A, init_rows=True) == "ws://h/s?clientId=c&lsn=0/1A"
+
+
 async def test_fresh_client_does_initial_sync_then_goes_live() -> None:
     port, net = FakePort(), FakeNetwork()
     w = worker(port, net)
@@ -166,7 +173,7 @@ async def test_fresh_client_does_initial_sync_then_goes_live() -> None:
     w.on_status(lambda s: phases.append(s.phase))
     await w.start()
     sock = await net.next_socket()
-    assert sock.url.endswith("clientId=client-a&lsn=0/0")
+    assert sock.url.endswith("clientId=client-a&lsn=0/0&initFormat=rows")
     sock.push(SrvInitStart, server_lsn=7)
     sock.push(
         SrvInitChanges,
@@ -374,7 +381,7 @@ async def test_lsn_ahead_reconnects_from_zero_and_keeps_local_changes() -> None:
     assert sock.url.endswith("lsn=0/1F4")
     sock.push(SrvError, code="lsn_ahead", error="server was restored")
     sock2 = await net.next_socket()
-    assert sock2.url.endswith("lsn=0/0")
+    assert sock2.url.endswith("lsn=0/0&initFormat=rows")
     assert sock.closed is not None
     sock2.push(SrvInitStart, server_lsn=0)
     sock2.push(SrvInitComplete, server_lsn=0)
@@ -557,7 +564,7 @@ async def test_a_server_answering_unknown_type_gets_the_full_resync() -> None:
         ref_message_id=request.message_id,
     )
     sock2 = await net.next_socket()
-    assert sock2.url.endswith("lsn=0/0")
+    assert sock2.url.endswith("lsn=0/0&initFormat=rows")
     assert port.called("reset_for_reinit") == [None]
     status = await until(w, lambda s: s.full_resyncs == 1)
     assert (status.last_repair, status.last_repair_mode) == (("tasks",), "full")

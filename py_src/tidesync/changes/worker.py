@@ -65,6 +65,9 @@ __all__ = ["ChangesWorker"]
 
 log = logging.getLogger(__name__)
 
+#: How long after a snapshot's commit its WAL is checkpointed (``_checkpoint_soon``).
+CHECKPOINT_DELAY_S = 1.0
+
 TablesListener = Callable[[tuple[str, ...], str], None]
 
 
@@ -99,6 +102,7 @@ class ChangesWorker:
         # retry with ``_lock`` released (local writes go on meanwhile).  Order: server, db.
         self._lock = asyncio.Lock()
         self._server_lock = asyncio.Lock()
+        self._background: set[asyncio.Future[None]] = set()  # e.g. the deferred checkpoint
         self._hlc = HybridLogicalClock() if now_ms is None else HybridLogicalClock(now_ms)
         self._now_ms = self._hlc.now_ms
         self._local_listeners: Listeners[[list[TableChange] | None]] = Listeners()
@@ -315,7 +319,24 @@ class ChangesWorker:
         async with self._server_lock, self._lock:
             result = self._initial.commit(server_lsn)
         self._tables_changed(sorted(result.tables), "initial")
+        asyncio.get_running_loop().call_later(CHECKPOINT_DELAY_S, self._checkpoint_soon)
         return _outcome(result.lsn, result.applied, result.skipped, result.failed, result.tables)
+
+    def _checkpoint_soon(self) -> None:
+        """Checkpoint the WAL the snapshot's commit left (``InitialSync.commit``), once the
+        sync is past it, so the copy is not on the path to live."""
+        task = asyncio.ensure_future(self._checkpoint())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _checkpoint(self) -> None:
+        async with self._lock:
+            if self._closed:
+                return
+            try:
+                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error as exc:  # e.g. closed under us: the next commit or open does it
+                log.info("deferred checkpoint skipped: %s", exc)
 
     async def abort_initial_sync(self) -> None:
         async with self._lock:

@@ -224,7 +224,13 @@ async def _sync_endpoint(ws: WebSocket) -> None:
     await ws.accept()
     conn = _Connection(ws, state, client_id or "")
     session, output = await asyncio.to_thread(
-        open_session, client_id, params.get("lsn"), state.hub, state.config, _now_ms()
+        open_session,
+        client_id,
+        params.get("lsn"),
+        state.hub,
+        state.config,
+        _now_ms(),
+        params.get("initFormat"),
     )
     log.info("client %s connected with lsn %s", client_id, params.get("lsn"))
     if session is None:

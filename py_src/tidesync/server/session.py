@@ -35,7 +35,7 @@ skips it for those tables) or newer.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,10 +98,23 @@ _PHASE_ONLY = {
 _RESYNC_TYPES = {mt.MessageType.CLT_RESYNC_TABLES, mt.MessageType.CLT_RESYNC_RECEIVED}
 
 
+#: ``initFormat`` query value asking for ``srv_init_rows`` chunks (extension, docs/protocol.md).
+INIT_FORMAT_ROWS = "rows"
+
+
 def open_session(
-    client_id: object, lsn_text: object, source: SessionSource, config: SessionConfig, now_ms: int
+    client_id: object,
+    lsn_text: object,
+    source: SessionSource,
+    config: SessionConfig,
+    now_ms: int,
+    init_format: object = None,
 ) -> tuple[Session | None, Output]:
-    """The handshake: a started session, or None and the error/close to send."""
+    """The handshake: a started session, or None and the error/close to send.
+
+    ``init_format`` is the ``initFormat`` query parameter: ``"rows"`` asks for the
+    compact snapshot chunks; anything else (or none) gets ``srv_init_changes``.
+    """
     if not _valid_client_id(client_id):
         return None, Output(close_code=CLOSE_PROTOCOL, close_reason="clientId missing or invalid")
     assert isinstance(client_id, str)
@@ -117,6 +130,7 @@ def open_session(
         # Not 4400: the client is expected to reset and reconnect with 0/0 at once.
         return None, Output((error,), CLOSE_NORMAL, "lsn_ahead")
     session = Session(client_id, lsn, source, config, now_ms)
+    session.init_rows = config.init_rows and init_format == INIT_FORMAT_ROWS
     return session, session.start(now_ms)
 
 
@@ -130,17 +144,22 @@ class _Init:
     chunk: int = 0
     unacked: list[tuple[str, int]] = field(default_factory=list)
 
-    def next_chunks(
-        self, rows: int, window: int
-    ) -> list[tuple[tuple[mt.TableChange, ...], mt.InitSequence]]:
+    def next_chunks(self, rows: int, window: int) -> list[tuple[Any, mt.InitSequence]]:
         """The chunks to send now: as many as the window of unacknowledged ones allows."""
-        out: list[tuple[tuple[mt.TableChange, ...], mt.InitSequence]] = []
+        return self.next_chunks_of(self.snapshot.read_chunk, rows, window)
+
+    def next_chunks_of(
+        self, read: Callable[[str, int], Any], rows: int, window: int
+    ) -> list[tuple[Any, mt.InitSequence]]:
+        """``next_chunks`` with each chunk read by ``read(table, rows)``
+        (``Snapshot.read_chunk``, or ``read_rows`` for ``srv_init_rows``)."""
+        out: list[tuple[Any, mt.InitSequence]] = []
         while len(self.unacked) < window and self.table_index < len(self.tables):
             table = self.tables[self.table_index]
             total = self.snapshot.chunks_of(table, rows)
-            changes = self.snapshot.read_chunk(table, rows)
+            chunk = read(table, rows)
             self.chunk += 1
-            out.append((changes, mt.InitSequence(table=table, chunk=self.chunk, total=total)))
+            out.append((chunk, mt.InitSequence(table=table, chunk=self.chunk, total=total)))
             self.unacked.append((table, self.chunk))
             if self.chunk >= total:
                 self.table_index += 1
@@ -199,6 +218,8 @@ class Session:
         self._live_unacked: list[int] = []
         self._paused = False
         self._now = now_ms  # the timestamp of messages being built
+        #: Send the snapshot as ``srv_init_rows`` (the client asked; ``open_session``).
+        self.init_rows = False
 
     # --- driver entry points ------------------------------------------------------------------
 
@@ -209,6 +230,8 @@ class Session:
             tables = [t for t in snapshot.schema.order if snapshot.counts.get(t, 0) > 0]
             self._init = _Init(snapshot, tables)
             self._set_phase(Phase.INITIAL)
+            kind = mt.SrvInitRows if self.init_rows else mt.SrvInitChanges
+            log.info("client %s: snapshot chunks as %s", self.client_id, kind.TYPE.value)
             out: list[Message] = [self._make(mt.SrvInitStart, server_lsn=snapshot.lsn)]
             out += self._pump_init(now_ms)
             return Output(tuple(out))
@@ -341,12 +364,22 @@ class Session:
         self._now = now_ms
         state = self._init
         assert state is not None
-        out: list[Message] = [
-            self._make(mt.SrvInitChanges, changes=changes, sequence=seq)
-            for changes, seq in state.next_chunks(
-                self.config.init_chunk_rows, self.config.init_window
-            )
-        ]
+        rows, window = self.config.init_chunk_rows, self.config.init_window
+        out: list[Message]
+        if self.init_rows:
+            out = [
+                self._make(
+                    mt.SrvInitRows, sequence=seq, columns=columns, rows=values, versions=versions
+                )
+                for (columns, values, versions), seq in state.next_chunks_of(
+                    state.snapshot.read_rows, rows, window
+                )
+            ]
+        else:
+            out = [
+                self._make(mt.SrvInitChanges, changes=changes, sequence=seq)
+                for changes, seq in state.next_chunks(rows, window)
+            ]
         if state.done:
             lsn = state.snapshot.lsn
             state.snapshot.close()

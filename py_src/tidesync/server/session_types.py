@@ -97,6 +97,9 @@ class SessionConfig:
     rate_burst: float = 1000.0
     # The table re-sync extension (docs/protocol.md); off only to stand in for an old server.
     table_resync: bool = True
+    # Snapshot chunks as ``srv_init_rows`` to clients that ask (extension, docs/protocol.md);
+    # off only to stand in for an old server.
+    init_rows: bool = True
 
 
 @dataclass(frozen=True)

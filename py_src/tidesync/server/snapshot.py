@@ -15,10 +15,15 @@ import logging
 import sqlite3
 import uuid
 from pathlib import Path
+from typing import Any
 
 from tidesync.schema import Schema, TableInfo, quote_ident
 from tidesync.server.store import connect, max_lsn
-from tidesync.worker_sync.shared.hlc import TimestampError, normalize_timestamp
+from tidesync.worker_sync.shared.hlc import (
+    TimestampError,
+    is_canonical_timestamp,
+    normalize_timestamp,
+)
 from tidesync.worker_sync.shared.message_types import Operation, TableChange
 
 __all__ = ["Snapshot"]
@@ -96,6 +101,43 @@ class Snapshot:
             )
         self._serial = serial
         return tuple(out)
+
+    def read_rows(
+        self, table_name: str, chunk_rows: int
+    ) -> tuple[tuple[str, ...], list[tuple[Any, ...]], list[list[Any] | None]]:
+        """``read_chunk`` for ``srv_init_rows``: the columns, the rows as the cursor gives
+        them, and each row's version, null where it is implied (``SrvInitRows``).
+
+        No ``TableChange`` and no dict per row: the rows are sliced off the cursor's
+        tuples and ``json.dumps`` writes them as arrays.  The version is the one
+        ``read_chunk`` would send; it is implied when there is no author and the time
+        equals the row's own ``updated_at`` (compared per distinct value, normalised).
+        """
+        table = self.schema.tables[table_name]
+        if self._cursor_table != table_name:
+            self._cursor = self._select(table)
+            self._cursor_table = table_name
+        assert self._cursor is not None
+        names = table.column_names
+        width = len(names)
+        raw = self._cursor.fetchmany(chunk_rows)
+        rows = [r[:width] for r in raw]
+        at = names.index("updated_at") if "updated_at" in names else None
+        versions: list[list[Any] | None] = []
+        canonical: dict[object, bool] = {}
+        for r in raw:
+            stamp, author = r[width], r[width + 1]
+            if author is None and at is not None:
+                own = r[at]
+                if stamp is None or stamp == own:
+                    ok = canonical.get(own)
+                    if ok is None:
+                        ok = canonical[own] = type(own) is str and is_canonical_timestamp(own)
+                    if ok:
+                        versions.append(None)
+                        continue
+            versions.append([self._time(stamp, dict(zip(names, r[:width], strict=True))), author])
+        return names, rows, versions
 
     def _time(self, version_time: object, data: dict[str, object]) -> str:
         for candidate in (version_time, data.get("updated_at")):

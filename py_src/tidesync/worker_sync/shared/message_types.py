@@ -19,6 +19,9 @@ clients that ignore them keep working):
 * ``clt_resync_tables`` -> ``srv_resync_start``, ``srv_resync_changes`` (acked by
   ``clt_resync_received``), ``srv_resync_complete``: a snapshot of named tables
   only, to repair a table whose checksum differs without a full re-sync.
+* ``srv_init_rows``: a snapshot chunk as column names and rows of values, sent
+  instead of ``srv_init_changes`` only to a client that asked for it in the
+  handshake (``initFormat=rows`` on ``/api/sync``); far less text to write and parse.
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ __all__ = [
     "SrvHeartbeat",
     "SrvInitChanges",
     "SrvInitComplete",
+    "SrvInitRows",
     "SrvInitStart",
     "SrvLiveChanges",
     "SrvLsnUpdate",
@@ -102,6 +106,7 @@ class MessageType(StrEnum):
     SRV_INIT_START = "srv_init_start"
     SRV_INIT_CHANGES = "srv_init_changes"
     SRV_INIT_COMPLETE = "srv_init_complete"
+    SRV_INIT_ROWS = "srv_init_rows"
     SRV_CATCHUP_CHANGES = "srv_catchup_changes"
     SRV_CATCHUP_COMPLETED = "srv_catchup_completed"
     SRV_LIVE_CHANGES = "srv_live_changes"
@@ -548,6 +553,135 @@ class SrvInitChanges(Message):
     sequence: InitSequence = _wire("sequence", *_INIT_SEQ)
 
 
+#: SQLite's default column limit: bounds the ``columns`` of one ``srv_init_rows`` chunk.
+MAX_COLUMNS = 2000
+RowVersion = tuple[str, str | None]
+
+
+def _dec_columns(value: Any, path: str) -> tuple[str, ...]:
+    """A non-empty list of distinct column names (``srv_init_rows``)."""
+    if not isinstance(value, list) or not value:
+        raise _invalid(path, "must be a non-empty list of column names")
+    if len(value) > MAX_COLUMNS:
+        raise _invalid(path, f"must name at most {MAX_COLUMNS} columns")
+    names = tuple(_dec_name(item, f"{path}[{i}]") for i, item in enumerate(value))
+    if len(set(names)) != len(names):
+        raise _invalid(path, "must not name a column twice")
+    return names
+
+
+def _dec_rows(value: Any, path: str) -> tuple[tuple[JsonValue, ...], ...]:
+    """A non-empty list of rows, each a list of JSON scalars (lengths: ``SrvInitRows``)."""
+    if not isinstance(value, list) or not value:
+        raise _invalid(path, "must be a non-empty list of rows")
+    if set(map(type, value)) == {list} and _SCALARS.issuperset(
+        map(type, chain.from_iterable(value))
+    ):
+        return tuple(map(tuple, value))
+    for i, row in enumerate(value):  # name the bad row
+        if not isinstance(row, list):
+            raise _invalid(f"{path}[{i}]", "must be a list of values")
+        for j, item in enumerate(row):
+            if type(item) not in _SCALARS:
+                raise _invalid(f"{path}[{i}][{j}]", "must be text, a number, a boolean or null")
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _dec_version(value: Any, path: str) -> RowVersion | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) != 2:
+        raise _invalid(path, "must be null or [updated_at, clientId or null]")
+    stamp = value[0]
+    if type(stamp) is not str or not is_canonical_timestamp(stamp):
+        raise _invalid(f"{path}[0]", "must be a time in the form YYYY-MM-DDTHH:MM:SS.mmmZ")
+    author = None if value[1] is None else _dec_id(value[1], f"{path}[1]")
+    return (stamp, author)
+
+
+def _dec_versions(value: Any, path: str) -> tuple[RowVersion | None, ...]:
+    if not isinstance(value, list):
+        raise _invalid(path, "must be a list, one entry per row")
+    if set(map(type, value)) <= {type(None)}:
+        return tuple(value)
+    return tuple(_dec_version(item, f"{path}[{i}]") for i, item in enumerate(value))
+
+
+def _enc_versions(versions: Sequence[Sequence[str | None] | None]) -> list[Any]:
+    return [None if v is None else list(v) for v in versions]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SrvInitRows(Message):
+    """Extension: one snapshot chunk as ``columns`` once and ``rows`` of values.
+
+    Sent instead of ``srv_init_changes`` to a client that asked with
+    ``initFormat=rows`` (docs/protocol.md); acknowledged with ``clt_init_received``
+    like it.  Row ``i`` is an ``insert`` into ``sequence.table`` of
+    ``dict(zip(columns, rows[i]))``.  ``versions[i]`` is the row's last-write-wins
+    version ``[updated_at, clientId or null]``, or null when it is implied: the
+    time is the row's own ``updated_at`` column and there is no author.
+    """
+
+    TYPE: ClassVar[MessageType] = MessageType.SRV_INIT_ROWS
+    sequence: InitSequence = _wire("sequence", *_INIT_SEQ)
+    columns: Sequence[str] = _wire("columns", _dec_columns, list)
+    rows: Sequence[Sequence[JsonValue]] = _wire("rows", _dec_rows, list)
+    versions: Sequence[Sequence[str | None] | None] = _wire(
+        "versions", _dec_versions, _enc_versions
+    )
+
+    def __post_init__(self) -> None:
+        _check_row_shapes(self.columns, self.rows, self.versions)
+
+    def changes(self) -> tuple[TableChange, ...]:
+        """The rows as the ``insert`` changes ``srv_init_changes`` would carry."""
+        return tuple(
+            TableChange(
+                f"{self.message_id}:{i}",
+                self.sequence.table,
+                Operation.INSERT,
+                data,
+                str(version[0] if version is not None else data["updated_at"]),
+                None,
+                version[1] if version is not None else None,
+            )
+            for i, (data, version) in enumerate(
+                zip(
+                    (dict(zip(self.columns, r, strict=True)) for r in self.rows),
+                    self.versions,
+                    strict=True,
+                )
+            )
+        )
+
+
+def _check_row_shapes(columns: Sequence[str], rows: Sequence[Any], versions: Sequence[Any]) -> None:
+    """What ties the fields of ``srv_init_rows`` together: one version per row, one value
+    per column in every row, and an implied version only where the row's ``updated_at``
+    is a canonical time."""
+    if len(versions) != len(rows):
+        raise _invalid("versions", f"must have one entry per row ({len(rows)})")
+    width = len(columns)
+    if rows and set(map(len, rows)) != {width}:
+        index = next(i for i, r in enumerate(rows) if len(r) != width)
+        raise _invalid(f"rows[{index}]", f"must hold {width} values, one per column")
+    if None not in versions:
+        return
+    if "updated_at" not in columns:
+        index = versions.index(None)
+        raise _invalid(f"versions[{index}]", "may only be null when a column is updated_at")
+    at = list(columns).index("updated_at")
+    implied = {r[at] for r, v in zip(rows, versions, strict=True) if v is None}
+    if not all(type(s) is str and is_canonical_timestamp(s) for s in implied):
+        index = next(
+            i
+            for i, (r, v) in enumerate(zip(rows, versions, strict=True))
+            if v is None and not (type(r[at]) is str and is_canonical_timestamp(r[at]))
+        )
+        raise _invalid(f"versions[{index}]", "is null but the row's updated_at is not a time")
+
+
 @dataclass(frozen=True, kw_only=True)
 class SrvInitComplete(Message):
     TYPE: ClassVar[MessageType] = MessageType.SRV_INIT_COMPLETE
@@ -737,6 +871,7 @@ MESSAGE_CLASSES: dict[MessageType, type[Message]] = {
         SrvInitStart,
         SrvInitChanges,
         SrvInitComplete,
+        SrvInitRows,
         SrvCatchupChanges,
         SrvCatchupCompleted,
         SrvLiveChanges,
@@ -850,7 +985,11 @@ def decode_message(text: str | bytes, *, expect: str | None = None) -> Message:
     raw = _parse(text)
     _check_depth(raw)
     cls, values = _decode_parsed(raw, expect)
-    result: Message = cls(**values)
+    try:
+        result: Message = cls(**values)
+    except ProtocolError as exc:  # checks across fields (``SrvInitRows``)
+        exc.ref_message_id = values.get("message_id")
+        raise
     return result
 
 
@@ -872,12 +1011,15 @@ class InitChunkFrame:
     message_id: str
     timestamp: int
     sequence: InitSequence
-    rows: int  # how many changes the frame holds
+    rows: int  # how many changes (or rows) the frame holds
     text: str = field(repr=False)  # the frame as received
+    #: ``srv_init_rows`` for the compact chunk (extension), which the Changes side
+    #: tells apart by its fields; the Sync side handles both kinds alike.
+    kind: MessageType = MessageType.SRV_INIT_CHANGES
 
     @property
     def type(self) -> MessageType:
-        return self.TYPE
+        return self.kind
 
 
 def _plain_inserts(changes: list[Any], table: str) -> bool:
@@ -926,6 +1068,8 @@ def decode_server_frame(text: str) -> Message | InitChunkFrame:
     and values fit the schema is the Changes side's to decide, as for any change.
     """
     raw = _parse(text)
+    if raw.get("type") == MessageType.SRV_INIT_ROWS.value and type(raw.get("rows")) is list:
+        return _decode_rows_frame(raw, text)
     changes = raw.get("changes")
     if raw.get("type") != MessageType.SRV_INIT_CHANGES.value or type(changes) is not list:
         _check_depth(raw)
@@ -959,6 +1103,45 @@ def decode_server_frame(text: str) -> Message | InitChunkFrame:
         sequence=sequence,
         rows=len(changes),
         text=text,
+    )
+
+
+def _decode_rows_frame(raw: dict[str, Any], text: str) -> InitChunkFrame:
+    """``srv_init_rows`` checked as ``decode_message`` checks it, its rows left as text.
+
+    The usual chunk (every row a list of scalars, every version null) is checked with
+    C-level builtins over the whole list; explicit versions are checked one by one, and
+    the field decoders run per row only to name what is wrong.
+    """
+    rows, versions = raw["rows"], raw.get("versions")
+    envelope = {**raw, "rows": [[]]}
+    if "versions" in raw:  # a missing one is refused as ``decode_message`` refuses it
+        envelope["versions"] = []
+    _check_depth(envelope)
+    _, values = _decode_parsed(envelope, "srv")
+    ref = values.get("message_id")
+    try:
+        if not rows:
+            raise _invalid("rows", "must be a non-empty list of rows")
+        if not (
+            set(map(type, rows)) == {list}
+            and _SCALARS.issuperset(map(type, chain.from_iterable(rows)))
+        ):
+            _dec_rows(rows, "rows")
+        if type(versions) is not list or not set(map(type, versions)) <= {type(None)}:
+            versions = _dec_versions(versions, "versions")
+        _check_row_shapes(values["columns"], rows, versions)
+    except ProtocolError as exc:
+        exc.ref_message_id = ref
+        raise
+    return InitChunkFrame(
+        client_id=values["client_id"],
+        message_id=values.get("message_id", ""),
+        timestamp=values.get("timestamp", 0),
+        sequence=values["sequence"],
+        rows=len(rows),
+        text=text,
+        kind=MessageType.SRV_INIT_ROWS,
     )
 
 

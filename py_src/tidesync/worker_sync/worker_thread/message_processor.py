@@ -51,6 +51,7 @@ from tidesync.worker_sync.shared.message_types import (
     SrvError,
     SrvInitChanges,
     SrvInitComplete,
+    SrvInitRows,
     SrvInitStart,
     SrvLiveChanges,
     SrvLsnUpdate,
@@ -60,6 +61,7 @@ from tidesync.worker_sync.shared.message_types import (
     SrvTableChecksums,
     TableChange,
     decode_server_frame,
+    encode_message,
     make,
 )
 from tidesync.worker_sync.worker_thread.client_changes import ClientChanges
@@ -132,6 +134,7 @@ PHASE_TABLE: dict[tuple[SyncPhase, MessageType], SyncPhase] = {
     (P.CONNECTING, T.SRV_CATCHUP_CHANGES): P.CATCHUP,
     (P.CONNECTING, T.SRV_CATCHUP_COMPLETED): P.LIVE,
     (P.INITIAL, T.SRV_INIT_CHANGES): P.INITIAL,
+    (P.INITIAL, T.SRV_INIT_ROWS): P.INITIAL,
     (P.INITIAL, T.SRV_INIT_COMPLETE): P.CATCHUP,
     (P.CATCHUP, T.SRV_CATCHUP_CHANGES): P.CATCHUP,
     (P.CATCHUP, T.SRV_CATCHUP_COMPLETED): P.LIVE,
@@ -235,11 +238,17 @@ class MessageProcessor:
         self._init_rows = 0
         return []
 
-    async def _on_init_changes(self, msg: SrvInitChanges | InitChunkFrame) -> list[Instruction]:
+    async def _on_init_changes(
+        self, msg: SrvInitChanges | SrvInitRows | InitChunkFrame
+    ) -> list[Instruction]:
         seq = msg.sequence
         if isinstance(msg, InitChunkFrame):  # the Changes side decodes the rows
             rows = msg.rows
             await self._stage_ahead(self._port.stage_initial_json(seq.table, msg.text))
+        elif isinstance(msg, SrvInitRows):  # decoded already (not through ``handle_text``)
+            rows = len(msg.rows)
+            text = encode_message(msg)
+            await self._stage_ahead(self._port.stage_initial_json(seq.table, text))
         else:
             for index, change in enumerate(msg.changes):
                 if change.operation is not Operation.INSERT or change.table != seq.table:
@@ -396,6 +405,7 @@ _Handler = Callable[[MessageProcessor, Any], Awaitable[list[Instruction]]]
 _HANDLERS: dict[MessageType, _Handler] = {
     T.SRV_INIT_START: MessageProcessor._on_init_start,
     T.SRV_INIT_CHANGES: MessageProcessor._on_init_changes,
+    T.SRV_INIT_ROWS: MessageProcessor._on_init_changes,
     T.SRV_INIT_COMPLETE: MessageProcessor._on_init_complete,
     T.SRV_CATCHUP_CHANGES: MessageProcessor._on_catchup_changes,
     T.SRV_CATCHUP_COMPLETED: MessageProcessor._on_catchup_completed,

@@ -95,10 +95,15 @@ StatusCallback = Callable[[SyncStatus], None]
 R = TypeVar("R")
 
 
-def build_sync_url(base: str, client_id: str, lsn: int) -> str:
-    """``{base}?clientId=<id>&lsn=<H/L>`` (PROTOCOL.md "Transport")."""
+def build_sync_url(base: str, client_id: str, lsn: int, *, init_rows: bool = False) -> str:
+    """``{base}?clientId=<id>&lsn=<H/L>`` (PROTOCOL.md "Transport").
+
+    ``init_rows`` adds ``initFormat=rows``: snapshot chunks as ``srv_init_rows``
+    (extension, docs/protocol.md); a server without it ignores the parameter.
+    """
     sep = "&" if "?" in base else "?"
-    return f"{base}{sep}clientId={quote(client_id, safe='')}&lsn={quote(format_lsn(lsn), safe='/')}"
+    url = f"{base}{sep}clientId={quote(client_id, safe='')}&lsn={quote(format_lsn(lsn), safe='/')}"
+    return f"{url}&initFormat=rows" if init_rows and lsn == 0 else url
 
 
 @dataclass(frozen=True)
@@ -192,8 +197,10 @@ class SyncWorker:
         backoff: BackoffPolicy | None = None,
         checksum_interval: float = 300.0,
         repair_timeout: float = 30.0,
+        init_rows: bool = True,
     ) -> None:
         self._port = port
+        self._init_rows = init_rows  # ask for ``srv_init_rows`` (False: act as an old client)
         self._factory = transport_factory
         self._url = url
         self._clock = clock
@@ -665,7 +672,7 @@ class SyncWorker:
         state = await self._port.local_state()
         self._connect_lsn = state.lsn
         self._gen += 1
-        url = build_sync_url(self._url, self._client_id, state.lsn)
+        url = build_sync_url(self._url, self._client_id, state.lsn, init_rows=self._init_rows)
         transport = self._factory()
         self._transport = transport
         self._reader = asyncio.ensure_future(self._pump(self._gen, transport, url))
