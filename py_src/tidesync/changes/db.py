@@ -24,7 +24,6 @@ __all__ = [
     "DEFAULT_PRAGMAS",
     "get_state",
     "open_connection",
-    "set_foreign_keys",
     "set_now",
     "set_state",
     "stored_clock",
@@ -89,54 +88,42 @@ def set_now(conn: sqlite3.Connection, iso_time: str) -> None:
     conn.execute("UPDATE _ts_ctx SET applying = 0, now = ? WHERE id = 1", (iso_time,))
 
 
-def set_foreign_keys(conn: sqlite3.Connection, on: bool) -> None:
-    """Foreign-key enforcement on or off, with a ``PRAGMA`` only when it is not so already.
-
-    Why not set and restore it around every transaction: a flag pragma (as
-    ``sqlite3_set_authorizer``) expires every prepared statement of the connection,
-    so the statement after it, and every cached one after that, is prepared again,
-    with the trigger programs compiled into it.  Two toggles per server batch made
-    each batch, and the local write after it, prepare all their statements anew.
-    """
-    if bool(conn.execute("PRAGMA foreign_keys").fetchone()[0]) != on:
-        conn.execute(f"PRAGMA foreign_keys = {'ON' if on else 'OFF'}")
-
-
 @contextmanager
 def write_transaction(
     conn: sqlite3.Connection,
     *,
     applying: bool,
-    foreign_keys: bool | None = True,
+    foreign_keys: bool = True,
     clock: Callable[[], int] | None = None,
 ) -> Iterator[sqlite3.Connection]:
     """One all-or-nothing write: committed when the block ends, rolled back if it raises.
 
-    ``foreign_keys`` is the enforcement the transaction runs with (it cannot change
-    inside one): False for server data and for replacing a snapshot without
-    cascades; None for a transaction that writes no app rows (either will do).  It
-    is left so afterwards (``set_foreign_keys``): every transaction that needs
-    enforcement (all local writes) asks for it.
+    ``foreign_keys=False`` switches enforcement off around the transaction (it
+    cannot change inside one), for replacing a snapshot without cascades.
     ``clock()`` (read when the block ends) is persisted as ``_ts_ctx.hlc`` (never lowered).
     """
-    if foreign_keys is not None:
-        set_foreign_keys(conn, foreign_keys)
-    conn.execute("BEGIN IMMEDIATE")
+    if not foreign_keys:
+        conn.execute("PRAGMA foreign_keys = OFF")
     try:
-        if applying:
-            # A local transaction starts from the committed state (applying = 0,
-            # now = NULL) and each of its writes goes through ``set_now``.
-            conn.execute("UPDATE _ts_ctx SET applying = 1, now = NULL WHERE id = 1")
-        yield conn
-        if clock is None:
-            conn.execute("UPDATE _ts_ctx SET applying = 0, now = NULL WHERE id = 1")
-        else:
-            conn.execute(
-                "UPDATE _ts_ctx SET applying = 0, now = NULL, hlc = max(hlc, ?) WHERE id = 1",
-                (int(clock()),),
-            )
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if applying:
+                # A local transaction starts from the committed state (applying = 0,
+                # now = NULL) and each of its writes goes through ``set_now``.
+                conn.execute("UPDATE _ts_ctx SET applying = 1, now = NULL WHERE id = 1")
+            yield conn
+            if clock is None:
+                conn.execute("UPDATE _ts_ctx SET applying = 0, now = NULL WHERE id = 1")
+            else:
+                conn.execute(
+                    "UPDATE _ts_ctx SET applying = 0, now = NULL, hlc = max(hlc, ?) WHERE id = 1",
+                    (int(clock()),),
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    finally:
+        if not foreign_keys:
+            conn.execute("PRAGMA foreign_keys = ON")

@@ -60,24 +60,9 @@ class LiveQueries:
     subscriptions that read one of those tables.
     """
 
-    def __init__(
-        self,
-        conn: sqlite3.Connection,
-        run_query: RunQuery,
-        emit: Emit,
-        rerun_query: RunQuery | None = None,
-    ) -> None:
-        """``run_query`` runs a new subscription's first query (the read-only check);
-        ``rerun_query`` the re-runs of a query that passed it (default: ``run_query``).
-
-        Why two: the check is an authorizer, and setting one expires every prepared
-        statement of the connection; a re-run after every server batch made the next
-        batch prepare all its statements again.  The SQL of a subscription never
-        changes, so what was read-only when it subscribed still is.
-        """
+    def __init__(self, conn: sqlite3.Connection, run_query: RunQuery, emit: Emit) -> None:
         self._conn = conn
         self._run = run_query
-        self._rerun = rerun_query or run_query
         self._emit = emit
         self._subs: dict[str, Subscription] = {}
 
@@ -105,7 +90,7 @@ class LiveQueries:
             if not (sub.tables & changed):
                 continue
             try:
-                rows = self._rerun(sub.sql, sub.params)
+                rows = self._run(sub.sql, sub.params)
             except sqlite3.Error:
                 log.exception("live query %s failed to re-run", sub.sub_id)
                 continue

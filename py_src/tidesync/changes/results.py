@@ -46,14 +46,8 @@ def record_results(
     """Settle each result's local change; unknown ids are logged and ignored."""
     outcome = BatchResult(lsn=current_lsn)
     # Server rows are the server's current state, possibly ahead of our LSN: a row may
-    # reference a parent we receive later, so foreign keys are not enforced where a
-    # result carries one.  Results that write no row leave enforcement as it is (so
-    # the local write after them does not prepare its statements again, ``db``).
-    writes_rows = any(
-        r.status != ChangeStatus.APPLIED and (r.row is not None or r.row_deleted)
-        for r in results
-    )
-    with write_transaction(conn, applying=True, foreign_keys=False if writes_rows else None):
+    # reference a parent we receive later, so foreign keys are not enforced here.
+    with write_transaction(conn, applying=True, foreign_keys=False):
         for result in results:
             row = conn.execute(
                 "SELECT seq, table_name, pk, data FROM local_changes "

@@ -52,7 +52,6 @@ from tidesync.changes.writes import (
     WriteOp,
     WriteResult,
     read_only,
-    rows_of,
 )
 from tidesync.checksums import table_checksum
 from tidesync.schema import Schema
@@ -118,12 +117,7 @@ class ChangesWorker:
         # Tables repaired ahead of the LSN: changes at or below their floor are in them.
         self._floors = load_floors(self._conn)
         self._writer = LocalWriter(self._conn, self.schema, self._hlc.tick_iso)
-        self._live = LiveQueries(
-            self._conn,
-            self._query_now,
-            self._emit_result,
-            lambda sql, params: rows_of(self._conn.execute(sql, params)),
-        )
+        self._live = LiveQueries(self._conn, self._query_now, self._emit_result)
         # ``arm_local_changes``: the next local commit reads this many unsynced changes
         # for its ``on_local_change`` listeners (None: it reads nothing).
         self._carry_limit: int | None = None
@@ -394,7 +388,7 @@ class ChangesWorker:
     async def advance_lsn(self, lsn: int) -> None:
         async with self._server_lock, self._lock:
             if lsn > self._lsn():
-                with write_transaction(self._conn, applying=True, foreign_keys=None):
+                with write_transaction(self._conn, applying=True):
                     set_state(self._conn, "lsn", lsn)
 
     async def unsynced_changes(self, limit: int) -> list[TableChange]:
@@ -501,7 +495,7 @@ class ChangesWorker:
 
 @asynccontextmanager
 async def _in_txn(conn: sqlite3.Connection) -> AsyncIterator[None]:
-    with write_transaction(conn, applying=True, foreign_keys=None):  # no app rows
+    with write_transaction(conn, applying=True):
         yield
 
 
