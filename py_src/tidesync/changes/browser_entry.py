@@ -138,9 +138,8 @@ async def start(bridge: Any) -> None:
     if config.get("sync") is not False:
         # A page without sync has no Sync Worker: its end of the channel is never started,
         # so a post per commit would only pile up there.
-        local_change_text = text_or_js(
-            {"event": "local_change"}, channel_text({"event": "local_change"})
-        )
+        plain_local_change = {"event": "local_change"}
+        local_change_text = text_or_js(plain_local_change, channel_text(plain_local_change))
 
         def local_change(carried: list[TableChange] | None) -> None:
             """Tell the Sync Worker; with the changes when it armed us (``arm_local_changes``).

@@ -144,15 +144,12 @@ class _Init:
     chunk: int = 0
     unacked: list[tuple[str, int]] = field(default_factory=list)
 
-    def next_chunks(self, rows: int, window: int) -> list[tuple[Any, mt.InitSequence]]:
-        """The chunks to send now: as many as the window of unacknowledged ones allows."""
-        return self.next_chunks_of(self.snapshot.read_chunk, rows, window)
-
-    def next_chunks_of(
+    def next_chunks(
         self, read: Callable[[str, int], Any], rows: int, window: int
     ) -> list[tuple[Any, mt.InitSequence]]:
-        """``next_chunks`` with each chunk read by ``read(table, rows)``
-        (``Snapshot.read_chunk``, or ``read_rows`` for ``srv_init_rows``)."""
+        """The chunks to send now: as many as the window of unacknowledged ones allows,
+        each read by ``read(table, rows)`` (``Snapshot.read_chunk``, or ``read_rows``
+        for ``srv_init_rows``)."""
         out: list[tuple[Any, mt.InitSequence]] = []
         while len(self.unacked) < window and self.table_index < len(self.tables):
             table = self.tables[self.table_index]
@@ -371,14 +368,14 @@ class Session:
                 self._make(
                     mt.SrvInitRows, sequence=seq, columns=columns, rows=values, versions=versions
                 )
-                for (columns, values, versions), seq in state.next_chunks_of(
+                for (columns, values, versions), seq in state.next_chunks(
                     state.snapshot.read_rows, rows, window
                 )
             ]
         else:
             out = [
                 self._make(mt.SrvInitChanges, changes=changes, sequence=seq)
-                for changes, seq in state.next_chunks(rows, window)
+                for changes, seq in state.next_chunks(state.snapshot.read_chunk, rows, window)
             ]
         if state.done:
             lsn = state.snapshot.lsn
@@ -593,7 +590,7 @@ class Session:
         out: list[Message] = [
             self._make(mt.SrvResyncChanges, changes=changes, sequence=seq)
             for changes, seq in state.next_chunks(
-                self.config.init_chunk_rows, self.config.init_window
+                state.snapshot.read_chunk, self.config.init_chunk_rows, self.config.init_window
             )
         ]
         if state.done:

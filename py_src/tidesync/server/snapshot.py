@@ -76,16 +76,11 @@ class Snapshot:
 
     def read_chunk(self, table_name: str, chunk_rows: int) -> tuple[TableChange, ...]:
         """The next ``chunk_rows`` rows of ``table_name`` (tables are read one after another)."""
-        table = self.schema.tables[table_name]
-        if self._cursor_table != table_name:
-            self._cursor = self._select(table)
-            self._cursor_table = table_name
-        assert self._cursor is not None
-        names = table.column_names
+        names, fetched = self._fetch(table_name, chunk_rows)
         width = len(names)
         prefix, serial = self._id_prefix, self._serial
         out: list[TableChange] = []
-        for raw in self._cursor.fetchmany(chunk_rows):
+        for raw in fetched:
             data = dict(zip(names, raw[:width], strict=True))
             serial += 1
             out.append(
@@ -113,14 +108,8 @@ class Snapshot:
         ``read_chunk`` would send; it is implied when there is no author and the time
         equals the row's own ``updated_at`` (compared per distinct value, normalised).
         """
-        table = self.schema.tables[table_name]
-        if self._cursor_table != table_name:
-            self._cursor = self._select(table)
-            self._cursor_table = table_name
-        assert self._cursor is not None
-        names = table.column_names
+        names, raw = self._fetch(table_name, chunk_rows)
         width = len(names)
-        raw = self._cursor.fetchmany(chunk_rows)
         rows = [r[:width] for r in raw]
         at = names.index("updated_at") if "updated_at" in names else None
         versions: list[list[Any] | None] = []
@@ -138,6 +127,16 @@ class Snapshot:
                         continue
             versions.append([self._time(stamp, dict(zip(names, r[:width], strict=True))), author])
         return names, rows, versions
+
+    def _fetch(self, table_name: str, chunk_rows: int) -> tuple[tuple[str, ...], list[Any]]:
+        """The table's column names and its next ``chunk_rows`` cursor rows (the columns,
+        then the row's version time and author), opening its cursor on first use."""
+        table = self.schema.tables[table_name]
+        if self._cursor_table != table_name:
+            self._cursor = self._select(table)
+            self._cursor_table = table_name
+        assert self._cursor is not None
+        return table.column_names, self._cursor.fetchmany(chunk_rows)
 
     def _time(self, version_time: object, data: dict[str, object]) -> str:
         for candidate in (version_time, data.get("updated_at")):

@@ -508,16 +508,21 @@ def _dec_checksums(value: Any, path: str) -> dict[str, str]:
 MAX_RESYNC_TABLES = 256
 
 
-def _dec_table_names(value: Any, path: str) -> tuple[str, ...]:
-    """A non-empty list of distinct table names (``clt_resync_tables``, ``srv_resync_*``)."""
+def _dec_distinct_names(value: Any, path: str, noun: str, limit: int) -> tuple[str, ...]:
+    """A non-empty list of at most ``limit`` distinct names of ``noun``s (tables, columns)."""
     if not isinstance(value, list) or not value:
-        raise _invalid(path, "must be a non-empty list of table names")
-    if len(value) > MAX_RESYNC_TABLES:
-        raise _invalid(path, f"must name at most {MAX_RESYNC_TABLES} tables")
+        raise _invalid(path, f"must be a non-empty list of {noun} names")
+    if len(value) > limit:
+        raise _invalid(path, f"must name at most {limit} {noun}s")
     names = tuple(_dec_name(item, f"{path}[{i}]") for i, item in enumerate(value))
     if len(set(names)) != len(names):
-        raise _invalid(path, "must not name a table twice")
+        raise _invalid(path, f"must not name a {noun} twice")
     return names
+
+
+def _dec_table_names(value: Any, path: str) -> tuple[str, ...]:
+    """A non-empty list of distinct table names (``clt_resync_tables``, ``srv_resync_*``)."""
+    return _dec_distinct_names(value, path, "table", MAX_RESYNC_TABLES)
 
 
 _INIT_SEQ = _nested(InitSequence)
@@ -560,14 +565,7 @@ RowVersion = tuple[str, str | None]
 
 def _dec_columns(value: Any, path: str) -> tuple[str, ...]:
     """A non-empty list of distinct column names (``srv_init_rows``)."""
-    if not isinstance(value, list) or not value:
-        raise _invalid(path, "must be a non-empty list of column names")
-    if len(value) > MAX_COLUMNS:
-        raise _invalid(path, f"must name at most {MAX_COLUMNS} columns")
-    names = tuple(_dec_name(item, f"{path}[{i}]") for i, item in enumerate(value))
-    if len(set(names)) != len(names):
-        raise _invalid(path, "must not name a column twice")
-    return names
+    return _dec_distinct_names(value, path, "column", MAX_COLUMNS)
 
 
 def _dec_rows(value: Any, path: str) -> tuple[tuple[JsonValue, ...], ...]:
