@@ -4,11 +4,11 @@
  *
  * Loads Pyodide (from the boot snapshot when there is one; on a boot without one it
  * takes it and stores it for the next start in the background), hands that heap to the
- * page for the Sync Worker (started after this worker is ready, it restores it without
- * reading Cache Storage), mounts the OPFS file system under SQLite, then hands control to
- * `tidesync.changes.browser_entry`. The page posts `{kind: "init", config}` with
- * one end of the MessageChannel to the Sync Worker; every later message (page
- * requests, Sync Worker requests) is handled in Python.
+ * page for the Sync Worker (started once this worker's Pyodide is up, it restores that heap
+ * without reading Cache Storage while this worker opens the database), mounts the OPFS
+ * file system under SQLite, then hands control to `tidesync.changes.browser_entry`. The
+ * page posts `{kind: "init", config}` with one end of the MessageChannel to the Sync
+ * Worker; every later message (page requests, Sync Worker requests) is handled in Python.
  */
 import { bootPyodide, messageInbox } from "./boot.mjs";
 import { mountOpfs } from "./opfs_fs.mjs";
@@ -21,14 +21,15 @@ const syncPort = init.ports[0];
 try {
   const useSnapshot = config.snapshot !== false;
   const pyodide = await bootPyodide(config.siteBase, { useSnapshot, makeSnapshot: useSnapshot });
-  self.postMessage({ event: "booted", worker: "changes", boot: pyodide.bootInfo });
   // Transferred, not copied (30 MB); a page without sync has no use for it. Either way this
-  // worker keeps no reference: it would hold the 30 MB for its whole life.
+  // worker keeps no reference: it would hold the 30 MB for its whole life. Posted before
+  // "booted": the page starts the Sync Worker on "booted", with the heap if one came.
   if (pyodide.snapshotBytes && config.sync !== false) {
     const bytes = pyodide.snapshotBytes;
     self.postMessage({ event: "snapshot", bytes }, [bytes.buffer]);
   }
   pyodide.snapshotBytes = null;
+  self.postMessage({ event: "booted", worker: "changes", boot: pyodide.bootInfo });
   const dbFile = `${config.name}.sqlite3`;
   const mounting = mountOpfs(pyodide, {
     mountPoint: "/opfs",

@@ -392,32 +392,54 @@ export class TideSync {
     this._rpc = new Rpc(changes, (data) => this._onWorkerEvent(data), true);
     /** @type {Uint8Array|null} the Changes Worker's heap, for the Sync Worker's boot */
     let snapshot = null;
+    /** @type {Worker|null} */
+    let sync = null;
     changes.onmessage = (ev) => {
       // Kept here, never forwarded to other tabs (30 MB).
-      if (ev.data?.event === "snapshot" && ev.data.bytes instanceof Uint8Array) snapshot = ev.data.bytes;
-      else this._rpc?.receive(ev.data);
+      if (ev.data?.event === "snapshot" && ev.data.bytes instanceof Uint8Array) {
+        snapshot = ev.data.bytes;
+        return;
+      }
+      this._rpc?.receive(ev.data);
+      if (ev.data?.event === "booted" && opts.sync && !sync && !this._closed) {
+        sync = this._startSyncWorker(config, channel.port2, snapshot);
+        snapshot = null;
+      }
     };
     const ready = new Promise((resolve, reject) => { this._onReady = resolve; this._onFatal = reject; });
     changes.postMessage({ kind: "init", config }, [channel.port1]);
     this._setStatus({ role: "leader" });
     this._serveFollowers();
     this._watchPage();
-    await ready;
-    // The Sync Worker starts once local data is readable: two Pyodide boots at once would
-    // share the cores and delay that; it then boots from the heap the Changes Worker
-    // restored or took (handed over, not read back from Cache Storage). Messages the
-    // Changes Worker posts to it meanwhile wait in the channel.
-    const heap = snapshot;
-    snapshot = null;
-    if (opts.sync && !this._closed) {
-      const sync = new Worker(new URL("./sync.worker.mjs", import.meta.url), { type: "module", name: "tidesync-sync" });
-      this._workers.push(sync);
-      sync.onmessage = (ev) => {
-        if (ev.data?.event === "fatal" || ev.data?.event === "booted") this._onWorkerEvent(ev.data);
-      };
-      const transfer = heap ? [channel.port2, heap.buffer] : [channel.port2];
-      sync.postMessage({ kind: "init", config, snapshot: heap }, transfer);
+    try {
+      await ready;
+    } catch (err) {
+      // The database did not open: a Sync Worker started meanwhile has nothing to sync.
+      sync?.terminate();
+      throw err;
     }
+  }
+
+  /**
+   * Start the Sync Worker as soon as the Changes Worker's Pyodide is up ("booted"), not
+   * when local data is readable: the two Pyodide boots still do not share the cores (the
+   * Changes Worker's boot is the long one, and it is over), but the Sync Worker's boot
+   * from the heap the Changes Worker restored or took (handed over, not read back from
+   * Cache Storage) now overlaps the database open instead of following it. Its requests
+   * to the Changes Worker wait in the channel until that worker takes its end.
+   * @param {Record<string, any>} config @param {MessagePort} port @param {Uint8Array|null} heap
+   * @returns {Worker}
+   */
+  _startSyncWorker(config, port, heap) {
+    const sync = new Worker(new URL("./sync.worker.mjs", import.meta.url), { type: "module", name: "tidesync-sync" });
+    this._workers.push(sync);
+    sync.onmessage = (ev) => {
+      if (ev.data?.event === "fatal") this._onWorkerEvent({ ...ev.data, worker: "sync" });
+      else if (ev.data?.event === "booted") this._onWorkerEvent(ev.data);
+    };
+    const transfer = heap ? [port, heap.buffer] : [port];
+    sync.postMessage({ kind: "init", config, snapshot: heap }, transfer);
+    return sync;
   }
 
   /**
@@ -451,7 +473,8 @@ export class TideSync {
         const err = toError(data.error);
         this._setStatus({ lastError: err.message });
         this._emit("error", err);
-        this._onFatal?.(err);
+        // Only the Changes Worker's failure fails open(): without sync the data still works.
+        if (data.worker !== "sync") this._onFatal?.(err);
         break;
       }
       case "status":
