@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from tidesync.changes import initial_sync as initial_sync_module
 from tidesync.changes import worker as worker_module
 from tidesync.changes.worker import ChangesWorker
 from tidesync.changes.worker_processor import handle_request
@@ -476,5 +477,33 @@ async def test_the_snapshot_commit_leaves_its_checkpoint_for_a_moment_later(
             await asyncio.sleep(0.01)
         assert path.stat().st_size > before, "the WAL was never checkpointed"
         assert len(await rows(w, "tasks")) == 2000
+    finally:
+        await w.close()
+
+
+@pytest.mark.parametrize("setting", [-16384, 500, -262144])
+async def test_the_snapshot_commit_runs_with_a_large_page_cache_and_gives_it_back(
+    tmp_path: Path, setting: int
+) -> None:
+    """A cache smaller than ``COMMIT_CACHE_KIB`` (KiB or pages) is raised for the copy only;
+    a larger one is left alone; either way the connection's own setting is back after."""
+    w = ChangesWorker(str(tmp_path / "cache.db"), now_ms=lambda: T0)
+    seen: list[int] = []
+    try:
+        w._conn.execute(f"PRAGMA cache_size = {setting}")
+        copy_stage = w._initial._copy_stage
+
+        def spy(*args: Any) -> None:
+            seen.append(int(w._conn.execute("PRAGMA cache_size").fetchone()[0]))
+            copy_stage(*args)
+
+        w._initial._copy_stage = spy  # type: ignore[method-assign]
+        await w.begin_initial_sync(3)
+        await w.stage_initial_json("tasks", json.dumps([wire("tasks", task(i)) for i in range(3)]))
+        await w.commit_initial_sync(3)
+        raised = -initial_sync_module.COMMIT_CACHE_KIB
+        assert seen == [raised, raised] if setting > raised else seen == [setting, setting]
+        assert w._conn.execute("PRAGMA cache_size").fetchone()[0] == setting
+        assert len(await rows(w, "tasks")) == 3
     finally:
         await w.close()
