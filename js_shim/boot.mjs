@@ -78,6 +78,8 @@ const SNAPSHOT_MODULES = [
  * @property {Uint8Array} [snapshot] a snapshot to restore instead of the stored one: the
  *   Changes Worker hands over the heap it just took or restored (`pyodide.snapshotBytes`),
  *   so the Sync Worker neither waits for the store nor reads it back
+ * @property {WebAssembly.Module} [wasmModule] Pyodide's wasm, compiled by another worker
+ *   (`pyodide.wasmModule` there): instantiated instead of compiling it again
  */
 
 /**
@@ -86,6 +88,8 @@ const SNAPSHOT_MODULES = [
  *   booted from it, took a new one, neither, or a stored one failed to load (normal boot)
  * @property {number} millis whole boot, ms
  * @property {string} [error] why a stored snapshot was not used / could not be stored
+ * @property {"shared"|"compiled"} [wasm] Pyodide's wasm came from another worker
+ *   (`BootOptions.wasmModule`) or was compiled here
  */
 
 /**
@@ -147,11 +151,55 @@ function storeSnapshot(key, bytes) {
 }
 
 /**
+ * `loadPyodide(config)`, instantiating Pyodide's wasm from `module` when one is given
+ * (compiled by another worker of this page and posted here), and returning the module it
+ * used either way.
+ *
+ * Why: each worker would otherwise compile the same 9.6 MB `pyodide.asm.wasm` again, and
+ * on a 2-core machine that compile (and its background tier-up) competes with the other
+ * worker's start and the initial sync. A posted `WebAssembly.Module` shares the code the
+ * first worker compiled, optimised functions included. Pyodide instantiates through
+ * `WebAssembly.instantiateStreaming` (pyodide.mjs, `getInstantiateWasmFunc`), so that one
+ * call is swapped for the length of this load; without the swap taking effect (another
+ * Pyodide build), the load is a normal one.
+ * @param {Record<string, any>} config
+ * @param {WebAssembly.Module|null} module
+ * @returns {Promise<{pyodide: any, module: WebAssembly.Module|null}>}
+ */
+async function loadPyodideWith(config, module) {
+  const streaming = WebAssembly.instantiateStreaming;
+  /** @type {WebAssembly.Module|null} */
+  let used = null;
+  WebAssembly.instantiateStreaming = async (source, imports) => {
+    if (module) {
+      try {
+        const instance = await WebAssembly.instantiate(module, imports);
+        used = module;
+        Promise.resolve(source).then((r) => r.body?.cancel(), () => {});
+        return { instance, module };
+      } catch (err) {
+        // Pyodide only logs a failed instantiation and then waits forever: compile instead.
+        console.warn("tidesync: the posted wasm module did not instantiate, compiling", err);
+      }
+    }
+    const result = await streaming.call(WebAssembly, source, imports);
+    used = result.module;
+    return result;
+  };
+  try {
+    return { pyodide: await loadPyodide(config), module: used };
+  } finally {
+    WebAssembly.instantiateStreaming = streaming;
+  }
+}
+
+/**
  * @param {string} siteBase absolute URL of the site root (ends with "/")
  * @param {BootOptions} [options] default: a normal boot, no snapshot read or written
  * @returns {Promise<any>} the Pyodide API object, with tidesync importable; it also carries
- *   `bootMillis`, `bootInfo` (BootInfo), `snapshotStored` (a Promise that never rejects) and
- *   `snapshotBytes` (the heap it restored or took, for another worker; else null)
+ *   `bootMillis`, `bootInfo` (BootInfo), `snapshotStored` (a Promise that never rejects),
+ *   `snapshotBytes` (the heap it restored or took, for another worker; else null) and
+ *   `wasmModule` (the compiled wasm it ran, for another worker; null if not seen)
  *
  * Memory snapshot: Pyodide can restore its whole wasm heap from a snapshot taken after
  * tidesync's modules were imported (`_loadSnapshot`), which skips the interpreter's
@@ -184,11 +232,12 @@ export async function bootPyodide(siteBase, options = {}) {
   let pyodide = null;
   /** @type {Uint8Array|null} */
   let snapshotBytes = null;
+  let module = options.wasmModule ?? null;
   if (key && options.useSnapshot) {
     try {
       const bytes = options.snapshot ?? (await readSnapshot(key));
       if (bytes) {
-        pyodide = await loadPyodide({ indexURL, _loadSnapshot: bytes });
+        ({ pyodide, module } = await loadPyodideWith({ indexURL, _loadSnapshot: bytes }, module));
         // Pyodide keeps its config for the instance's life: let the 30 MB copy go.
         delete pyodide._api.config._loadSnapshot;
         const missing = pyodide.runPython(
@@ -208,7 +257,7 @@ export async function bootPyodide(siteBase, options = {}) {
     }
   }
   const make = Boolean(key && options.makeSnapshot && info.snapshot !== "loaded");
-  if (!pyodide) pyodide = await loadPyodide({ indexURL, _makeSnapshot: make });
+  if (!pyodide) ({ pyodide, module } = await loadPyodideWith({ indexURL, _makeSnapshot: make }, module));
   const sitePackages = pyodide.runPython("import sysconfig; sysconfig.get_path('purelib')");
   pyodide.unpackArchive(await wheelBytes, "wheel", { extractDir: sitePackages });
   /** @type {Promise<void>} */
@@ -237,10 +286,12 @@ export async function bootPyodide(siteBase, options = {}) {
       "if 'random' in sys.modules:\n" +
       "    sys.modules['random'].seed()\n",
   );
+  info.wasm = module && module === options.wasmModule ? "shared" : "compiled";
   info.millis = performance.now() - started;
   pyodide.bootMillis = info.millis;
   pyodide.bootInfo = info;
   pyodide.snapshotStored = stored;
   pyodide.snapshotBytes = snapshotBytes;
+  pyodide.wasmModule = module;
   return pyodide;
 }

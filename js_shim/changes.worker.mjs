@@ -24,11 +24,13 @@ try {
   // Transferred, not copied (30 MB); a page without sync has no use for it. Either way this
   // worker keeps no reference: it would hold the 30 MB for its whole life. Posted before
   // "booted": the page starts the Sync Worker on "booted", with the heap if one came.
-  if (pyodide.snapshotBytes && config.sync !== false) {
+  // The compiled wasm goes with it (cloned: a Module shares its code, it is not copied).
+  if ((pyodide.snapshotBytes || pyodide.wasmModule) && config.sync !== false) {
     const bytes = pyodide.snapshotBytes;
-    self.postMessage({ event: "snapshot", bytes }, [bytes.buffer]);
+    const message = { event: "snapshot", bytes, wasmModule: pyodide.wasmModule };
+    self.postMessage(message, bytes ? [bytes.buffer] : []);
   }
-  pyodide.snapshotBytes = null;
+  pyodide.snapshotBytes = pyodide.wasmModule = null;
   self.postMessage({ event: "booted", worker: "changes", boot: pyodide.bootInfo });
   const dbFile = `${config.name}.sqlite3`;
   const mounting = mountOpfs(pyodide, {

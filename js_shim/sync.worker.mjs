@@ -3,7 +3,8 @@
  * Sync Worker bootstrap: the one owner of the WebSocket to the sync server.
  *
  * Loads Pyodide (from the boot snapshot the Changes Worker restored or took, handed over
- * by the page, else the stored one; it never takes one itself), then hands control to
+ * by the page with the wasm that worker compiled, else the stored one; it never takes
+ * one itself), then hands control to
  * `tidesync.worker_sync.worker_thread.browser_entry`, which reaches the Changes
  * Worker through the MessageChannel port it is given and the server through
  * `js.WebSocket`.
@@ -19,10 +20,11 @@ try {
   const pyodide = await bootPyodide(config.siteBase, {
     useSnapshot: config.snapshot !== false,
     snapshot: init.data.snapshot ?? undefined,
+    wasmModule: init.data.wasmModule ?? undefined,
   });
   // The heap it restored: keep no reference (the init message lives on), it is 30 MB.
-  pyodide.snapshotBytes = null;
-  init.data.snapshot = null;
+  pyodide.snapshotBytes = pyodide.wasmModule = null;
+  init.data.snapshot = init.data.wasmModule = null;
   self.postMessage({ event: "booted", worker: "sync", boot: pyodide.bootInfo });
   const entry = pyodide.pyimport("tidesync.worker_sync.worker_thread.browser_entry");
   await entry.start({

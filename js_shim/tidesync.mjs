@@ -55,9 +55,11 @@
  * @property {Record<string, number>} timings milliseconds: `pyodideBoot`, `dbOpen` (in the
  *   worker), `syncBoot` (the Sync Worker's Pyodide boot), `ready` (open() to local data
  *   readable) and `live` (open() to live), page-side
- * @property {{changes?: string, sync?: string}} boot how each worker booted Pyodide:
- *   "loaded" (from the memory snapshot), "made" (normal boot, then took the snapshot),
- *   "none" (normal boot), "failed" (a stored snapshot did not load; normal boot)
+ * @property {{changes?: string, sync?: string, syncWasm?: string}} boot how each worker
+ *   booted Pyodide: "loaded" (from the memory snapshot), "made" (normal boot, then took the
+ *   snapshot), "none" (normal boot), "failed" (a stored snapshot did not load; normal
+ *   boot); `syncWasm` "shared" when the Sync Worker ran the wasm the Changes Worker
+ *   compiled, "compiled" when it compiled its own
  */
 
 /** An error raised in Python, carried to the page with its message and type. */
@@ -392,18 +394,21 @@ export class TideSync {
     this._rpc = new Rpc(changes, (data) => this._onWorkerEvent(data), true);
     /** @type {Uint8Array|null} the Changes Worker's heap, for the Sync Worker's boot */
     let snapshot = null;
+    /** @type {WebAssembly.Module|null} Pyodide's wasm as that worker compiled it */
+    let wasmModule = null;
     /** @type {Worker|null} */
     let sync = null;
     changes.onmessage = (ev) => {
       // Kept here, never forwarded to other tabs (30 MB).
-      if (ev.data?.event === "snapshot" && ev.data.bytes instanceof Uint8Array) {
-        snapshot = ev.data.bytes;
+      if (ev.data?.event === "snapshot") {
+        if (ev.data.bytes instanceof Uint8Array) snapshot = ev.data.bytes;
+        if (ev.data.wasmModule instanceof WebAssembly.Module) wasmModule = ev.data.wasmModule;
         return;
       }
       this._rpc?.receive(ev.data);
       if (ev.data?.event === "booted" && opts.sync && !sync && !this._closed) {
-        sync = this._startSyncWorker(config, channel.port2, snapshot);
-        snapshot = null;
+        sync = this._startSyncWorker(config, channel.port2, snapshot, wasmModule);
+        snapshot = wasmModule = null;
       }
     };
     const ready = new Promise((resolve, reject) => { this._onReady = resolve; this._onFatal = reject; });
@@ -427,10 +432,12 @@ export class TideSync {
    * from the heap the Changes Worker restored or took (handed over, not read back from
    * Cache Storage) now overlaps the database open instead of following it. Its requests
    * to the Changes Worker wait in the channel until that worker takes its end.
+   * The compiled wasm goes with the heap, so the Sync Worker does not compile it again.
    * @param {Record<string, any>} config @param {MessagePort} port @param {Uint8Array|null} heap
+   * @param {WebAssembly.Module|null} wasmModule
    * @returns {Worker}
    */
-  _startSyncWorker(config, port, heap) {
+  _startSyncWorker(config, port, heap, wasmModule) {
     const sync = new Worker(new URL("./sync.worker.mjs", import.meta.url), { type: "module", name: "tidesync-sync" });
     this._workers.push(sync);
     sync.onmessage = (ev) => {
@@ -438,7 +445,7 @@ export class TideSync {
       else if (ev.data?.event === "booted") this._onWorkerEvent(ev.data);
     };
     const transfer = heap ? [port, heap.buffer] : [port];
-    sync.postMessage({ kind: "init", config, snapshot: heap }, transfer);
+    sync.postMessage({ kind: "init", config, snapshot: heap, wasmModule }, transfer);
     return sync;
   }
 
@@ -482,7 +489,11 @@ export class TideSync {
         break;
       case "booted":
         this._setStatus({
-          boot: { ...this._status.boot, [data.worker]: data.boot?.snapshot },
+          boot: {
+            ...this._status.boot,
+            [data.worker]: data.boot?.snapshot,
+            ...(data.worker === "sync" ? { syncWasm: data.boot?.wasm } : {}),
+          },
           ...(data.worker === "sync" ? { timings: { syncBoot: Math.round(data.boot?.millis ?? 0) } } : {}),
         });
         break;

@@ -2,8 +2,9 @@
 
 The first open boots Pyodide normally in the Changes Worker and takes a snapshot of
 its heap with tidesync imported, stored in the background (the database does not wait
-for it); the Sync Worker, started once local data is readable, restores that heap
-(handed over by the page), and every later open boots from the stored one. The
+for it); the Sync Worker, started once the Changes Worker's Pyodide is up, restores
+that heap (handed over by the page, with the compiled wasm), and every later open
+boots from the stored one. The
 snapshot is keyed by the wheel's SHA-256 (a new wheel never restores the old one's
 modules) and a snapshot that does not load falls back to a normal boot.
 """
@@ -24,9 +25,9 @@ from typing import Any
 import pytest
 from browser_harness import CHROMIUM, CHROMIUM_ARGS, SITE_DIR, require_site
 
-OPEN_DB = """async ({name, url}) => {
+OPEN_DB = """async ({name, url, snapshot = true}) => {
   const {TideSync} = await import('/js/tidesync.mjs');
-  window.db = await TideSync.open({name, url, heartbeatInterval: 1});
+  window.db = await TideSync.open({name, url, heartbeatInterval: 1, snapshot});
   return db.status;
 }"""
 LIVE = "() => window.db && db.status.phase === 'live' && db.status.pending === 0"
@@ -102,8 +103,9 @@ def test_warm_start_boots_both_workers_from_the_snapshot(
 ) -> None:
     page = _open(context, server)
     # Cold: the Changes Worker takes the snapshot before opening the database and the
-    # Sync Worker (started after it) boots from that heap.
-    assert _boot(page) == {"changes": "made", "sync": "loaded"}
+    # Sync Worker (started once its Pyodide is up) boots from that heap, running the wasm
+    # the Changes Worker compiled.
+    assert _boot(page) == {"changes": "made", "sync": "loaded", "syncWasm": "shared"}
     page.evaluate("db.insert('tasks', {id: 'snap-1', title: 'written before the reload'})")
     page.wait_for_function(LIVE, timeout=TIMEOUT_MS)
     before = _tasks(page)
@@ -113,7 +115,7 @@ def test_warm_start_boots_both_workers_from_the_snapshot(
     _close(page)
 
     page = _open(context, server)
-    assert _boot(page) == {"changes": "loaded", "sync": "loaded"}
+    assert _boot(page) == {"changes": "loaded", "sync": "loaded", "syncWasm": "shared"}
     assert _tasks(page) == before
     # The restored interpreters still write, sync and take server changes.
     page.evaluate("db.insert('tasks', {id: 'snap-2', title: 'after a warm start'})")
@@ -148,7 +150,7 @@ def test_a_new_wheel_never_boots_from_the_old_snapshot(
     (site / "manifest.json").write_text(json.dumps(manifest))
 
     page = _open(context, server)
-    assert _boot(page) == {"changes": "made", "sync": "loaded"}
+    assert _boot(page) == {"changes": "made", "sync": "loaded", "syncWasm": "shared"}
     new_key = f"(k) => k.endsWith('{manifest['wheelSha256']}')"
     page.wait_for_function(f"({SNAPSHOT_KEYS})().then((keys) => keys.some({new_key}))")
     keys = page.evaluate(SNAPSHOT_KEYS)
@@ -178,11 +180,29 @@ def test_a_snapshot_that_does_not_load_falls_back_to_a_normal_boot(
 
     page = _open(context, server)
     # The Changes Worker could not restore it, booted normally and stored a new one.
-    assert _boot(page) == {"changes": "made", "sync": "loaded"}
+    assert _boot(page) == {"changes": "made", "sync": "loaded", "syncWasm": "shared"}
     assert {"id": "snap-3", "title": "still here"} in _tasks(page)
     _stored_snapshot(page)
     _close(page)
 
     page = _open(context, server)
-    assert _boot(page) == {"changes": "loaded", "sync": "loaded"}
+    assert _boot(page) == {"changes": "loaded", "sync": "loaded", "syncWasm": "shared"}
+    _close(page)
+
+
+def test_without_the_snapshot_both_workers_boot_normally_and_share_the_compiled_wasm(
+    context: Any, server: Any
+) -> None:
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(server.http_url + "/api/health")
+    page.evaluate(OPEN_DB, {"name": "nosnap", "url": server.ws_url, "snapshot": False})
+    page.wait_for_function(LIVE, timeout=TIMEOUT_MS)
+    assert _boot(page) == {"changes": "none", "sync": "none", "syncWasm": "shared"}
+    page.evaluate("db.insert('tasks', {id: 'nosnap-1', title: 'synced without a snapshot'})")
+    page.wait_for_function(LIVE, timeout=TIMEOUT_MS)
+    with contextlib.closing(sqlite3.connect(server.db_path)) as conn:
+        found = conn.execute("SELECT title FROM tasks WHERE id = 'nosnap-1'").fetchall()
+    assert found == [("synced without a snapshot",)]
+    assert page.evaluate(SNAPSHOT_KEYS) == []
     _close(page)
