@@ -97,8 +97,8 @@ def _stall_after_local_checksums(client: Any, proxy: TcpProxy) -> None:
     changes = client.changes
     original = changes.table_checksums
 
-    async def then_stall(tables: Any = None) -> dict[str, str]:
-        sums: dict[str, str] = await original(tables)
+    async def then_stall(tables: Any = None, **kwargs: Any) -> dict[str, str] | None:
+        sums: dict[str, str] | None = await original(tables, **kwargs)
         proxy.stall()
         return sums
 

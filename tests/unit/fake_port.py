@@ -153,8 +153,12 @@ class FakePort:
         self.staged = None
         return ApplyOutcome(lsn=self.lsn, tables=tuple(tables))
 
-    async def table_checksums(self, tables: Sequence[str]) -> dict[str, str]:
+    async def table_checksums(
+        self, tables: Sequence[str], *, if_idle_at: int | None = None
+    ) -> dict[str, str] | None:
         self.calls.append(("table_checksums", list(tables)))
+        if if_idle_at is not None and (if_idle_at != self.lsn or self.local):
+            return None
         return {t: combine(row_hash(r) for r in self.rows.get(t, {}).values()) for t in tables}
 
     def called(self, name: str) -> list[Any]:

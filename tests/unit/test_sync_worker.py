@@ -551,6 +551,53 @@ async def test_a_mismatch_resyncs_only_that_table_and_holds_local_changes_until_
     await w.stop()
 
 
+async def test_a_local_write_landing_during_an_integrity_check_is_not_taken_for_drift() -> None:
+    """The page writes while the check reads the local side: the tables then differ from the
+    server's legitimately (a pending change), so the round is skipped, not repaired.  (It
+    once read the LSN and pending count in one call and the checksums in another: a write
+    committed in between looked like a corrupt table.)"""
+    from tidesync.worker_sync.shared.message_types import CltRequestChecksums, SrvTableChecksums
+
+    class WriteLandsOnTheFirstRead(FakePort):
+        armed = False
+
+        def _land(self) -> None:
+            if self.armed:
+                self.armed = False
+                self.add_local("t1", title="written meanwhile")
+                self.rows["tasks"]["t1"] = {"id": "t1", "title": "written meanwhile"}
+
+        async def local_state(self) -> Any:
+            state = await super().local_state()
+            self._land()  # after the read: what a write between two calls did
+            return state
+
+        async def table_checksums(self, tables: Any, **kw: Any) -> Any:
+            self._land()  # before the read: committed just ahead of it
+            return await super().table_checksums(tables, **kw)
+
+    port, net = WriteLandsOnTheFirstRead(lsn=5), FakeNetwork()
+    port.rows = {"tasks": {}, "projects": {}}
+    w = worker(port, net, checksum_interval=0)
+    await w.start()
+    sock = await net.next_socket()
+    await go_live(sock)
+    await until(w, lambda s: s.phase is SyncPhase.LIVE)
+    server_sums = await FakePort(rows={"tasks": {}, "projects": {}}).table_checksums(
+        ["tasks", "projects"]
+    )
+    w.verify_integrity()
+    await sock.expect(CltRequestChecksums)
+    port.armed = True
+    sock.push(SrvTableChecksums, lsn=5, checksums=server_sums)
+    await until(w, lambda s: not port.armed and port.called("table_checksums"))
+    await asyncio.sleep(0.05)
+    status = w.status
+    assert (status.repairs, status.table_repairs, status.repairing) == (0, 0, ())
+    assert not port.called("reset_for_reinit")
+    await w.stop()
+
+
 async def test_a_server_answering_unknown_type_gets_the_full_resync() -> None:
     from tidesync.worker_sync.shared.message_types import CltResyncTables
 

@@ -116,6 +116,29 @@ async def test_port_calls_reach_the_changes_port(worker: ChangesWorker) -> None:
     assert (await worker.local_state()).lsn == 5
 
 
+async def test_checksums_for_an_integrity_check_are_read_only_when_idle_at_that_lsn(
+    worker: ChangesWorker,
+) -> None:
+    """``if_idle_at``: the LSN and the pending count are checked in the checksums' own read."""
+
+    async def over_the_channel(cmd: str, args: dict[str, Any]) -> Any:
+        reply = await handle_request(
+            worker, {"id": 1, "cmd": cmd, "args": json.loads(json.dumps(args))}
+        )
+        assert reply["ok"], reply
+        return reply["result"]
+
+    port = RemoteChangesPort(over_the_channel)
+    await port.advance_lsn(5)
+    idle = await port.table_checksums(["tasks", "projects"], if_idle_at=5)
+    assert idle is not None and set(idle) == {"tasks", "projects"}
+    assert await port.table_checksums(["tasks"], if_idle_at=6) is None  # another LSN
+    await worker.insert("projects", {"id": "p1", "name": "P"})
+    assert await port.table_checksums(["tasks"], if_idle_at=5) is None  # a pending change
+    plain = await port.table_checksums(["projects"])  # no condition: always read
+    assert plain is not None and plain["projects"] != idle["projects"]
+
+
 async def test_a_table_repair_crosses_the_channel_like_an_initial_sync(
     worker: ChangesWorker,
 ) -> None:

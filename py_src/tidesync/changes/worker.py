@@ -260,12 +260,22 @@ class ChangesWorker:
                 "failed": counts.get("failed", 0) + counts.get("retrying", 0),
             }
 
-    async def table_checksums(self, tables: Sequence[str] | None = None) -> dict[str, str]:
-        """Order-independent checksums (``tidesync.checksums``) of the synced tables, one read."""
+    async def table_checksums(
+        self, tables: Sequence[str] | None = None, *, if_idle_at: int | None = None
+    ) -> dict[str, str] | None:
+        """Order-independent checksums (``tidesync.checksums``) of the synced tables, one read
+        (``ChangesPort.table_checksums``: None when ``if_idle_at`` is given and not met)."""
         names = [n for n in (tables or self.schema.order) if self.schema.table(n) is not None]
         async with self._lock:
             self._conn.execute("BEGIN")
             try:
+                if if_idle_at is not None:
+                    pending = self._conn.execute(
+                        "SELECT 1 FROM local_changes "
+                        "WHERE from_server = 0 AND state = 'pending' LIMIT 1"
+                    ).fetchone()
+                    if pending is not None or self._lsn() != if_idle_at:
+                        return None
                 cursor = self._conn.cursor()
                 return {n: table_checksum(cursor, self.schema.tables[n]) for n in names}
             finally:

@@ -117,5 +117,13 @@ class ChangesPort(Protocol):
         restart.  One transaction.
         """
 
-    async def table_checksums(self, tables: Sequence[str]) -> dict[str, str]:
-        """``tidesync.checksums`` of the named synced tables, read in one transaction."""
+    async def table_checksums(
+        self, tables: Sequence[str], *, if_idle_at: int | None = None
+    ) -> dict[str, str] | None:
+        """``tidesync.checksums`` of the named synced tables, read in one transaction.
+
+        With ``if_idle_at``: None instead, unless the local LSN is exactly that and no
+        local change is pending, decided in the same transaction as the read.  (An
+        integrity check compares only such a state with the server's; read apart, a
+        local write committed between the two reads looked like a corrupt table.)
+        """

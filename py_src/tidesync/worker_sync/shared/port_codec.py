@@ -257,8 +257,15 @@ class RemoteChangesPort:
         args = {"tables": list(tables), "server_lsn": server_lsn}
         return _outcome_from_wire(await self._call("port.commit_table_resync", args))
 
-    async def table_checksums(self, tables: Sequence[str]) -> dict[str, str]:
-        raw = await self._call("port.table_checksums", {"tables": list(tables)})
+    async def table_checksums(
+        self, tables: Sequence[str], *, if_idle_at: int | None = None
+    ) -> dict[str, str] | None:
+        args: dict[str, Any] = {"tables": list(tables)}
+        if if_idle_at is not None:
+            args["if_idle_at"] = if_idle_at
+        raw = await self._call("port.table_checksums", args)
+        if raw is None and if_idle_at is not None:
+            return None
         if not isinstance(raw, dict):
             raise _bad("result", "must be an object of checksums")
         return {str(k): str(v) for k, v in raw.items()}
@@ -338,5 +345,8 @@ async def dispatch_port_call(port: ChangesPort, cmd: str, args: dict[str, Any]) 
         tables = args.get("tables")
         if not isinstance(tables, list) or not all(isinstance(t, str) for t in tables):
             raise _bad("tables", "must be a list of table names")
-        return await port.table_checksums(tables)
+        at = args.get("if_idle_at")
+        return await port.table_checksums(
+            tables, if_idle_at=None if at is None else _int(at, "if_idle_at")
+        )
     raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown port call {cmd!r}", field="cmd")

@@ -473,15 +473,19 @@ class SyncWorker:
             await self._send(make(CltRequestChecksums, self._client_id, self._wall_ms()))
 
     async def _verify_checksums(self, answer: VerifyChecksums) -> None:
-        state = await self._port.local_state()
-        idle = state.pending_count == 0 and not self._changes.in_flight
-        comparable = idle and state.lsn == answer.lsn
-        local = await self._port.table_checksums(list(answer.checksums)) if comparable else None
+        # Idle and at the answer's LSN, checked by the Changes side in the same read as
+        # the checksums (a write between two calls would look like a corrupt table).
+        idle = not self._changes.in_flight
+        local = (
+            await self._port.table_checksums(list(answer.checksums), if_idle_at=answer.lsn)
+            if idle
+            else None
+        )
         verdict, tables = self._integrity.judge(
             self._clock(),
             server_lsn=answer.lsn,
             server_sums=answer.checksums,
-            local_lsn=state.lsn,
+            local_lsn=answer.lsn,
             local_sums=local,
             idle=idle,
         )
