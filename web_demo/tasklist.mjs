@@ -50,6 +50,12 @@ export class TaskList {
     this.stopWindow = () => {};
     /** @type {Map<string, HTMLElement>} */
     this.nodes = new Map();
+    /**
+     * Done boxes the user just toggled, until their write resolves: a live-query result
+     * computed before that write (for an earlier change) must not flip the box back.
+     * @type {Map<string, boolean>}
+     */
+    this.toggling = new Map();
     /** @type {Project[]} */
     this.projects = [];
     this.frame = 0;
@@ -201,7 +207,7 @@ export class TaskList {
   /** @param {HTMLElement} row @param {Task} task */
   updateRow(row, task) {
     const box = /** @type {HTMLInputElement} */ (row.querySelector("[data-testid=task-done]"));
-    const done = Boolean(Number(task.done));
+    const done = this.toggling.get(task.id) ?? Boolean(Number(task.done));
     if (box.checked !== done) box.checked = done;
     row.classList.toggle("done", done);
     const title = /** @type {HTMLElement} */ (row.querySelector("[data-testid=task-title]"));
@@ -237,9 +243,12 @@ export class TaskList {
       const target = /** @type {HTMLInputElement} */ (ev.target);
       if (!row) return;
       const id = row.dataset.id;
-      if (target.dataset.testid === "task-done") {
+      if (target.dataset.testid === "task-done" && id) {
         row.classList.toggle("done", target.checked);
-        guard(this.db.update("tasks", { id, done: target.checked ? 1 : 0 }));
+        this.toggling.set(id, target.checked);
+        // Every result posted after the write resolves includes it (one worker, in order).
+        guard(this.db.update("tasks", { id, done: target.checked ? 1 : 0 })
+          .finally(() => { if (this.toggling.get(id) === target.checked) this.toggling.delete(id); }));
       } else if (target.dataset.testid === "task-project") {
         guard(this.db.update("tasks", { id, project_id: target.value }));
       }

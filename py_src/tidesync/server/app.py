@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import mimetypes
 import os
@@ -36,7 +37,7 @@ from starlette.types import Scope
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from tidesync.server.hub import Hub
-from tidesync.server.session import Output, Session, SessionConfig, open_session
+from tidesync.server.session import CLOSE_REPLACED, Output, Session, SessionConfig, open_session
 from tidesync.server.store import Store
 from tidesync.worker_sync.shared.lsn_manager import format_lsn
 from tidesync.worker_sync.shared.message_types import encode_message
@@ -86,10 +87,15 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+#: Accept order of connections (one event loop: the order ``ws.accept()`` returned in).
+_ACCEPTED = itertools.count()
+
+
 class _Connection:
     """One socket's driver: reader, hub wake-ups, heartbeat ticks, writer."""
 
     def __init__(self, ws: WebSocket, state: ServerState, client_id: str) -> None:
+        self.order = next(_ACCEPTED)
         self.ws = ws
         self.state = state
         self.client_id = client_id
@@ -217,6 +223,24 @@ class _Connection:
             await self.run_session(False, session.tick, _now_ms())
 
 
+def claim(connections: dict[str, Any], client_id: str, conn: Any) -> Any | None:
+    """Make ``conn`` (with its accept ``order``) the client's connection unless a newer one is.
+
+    Returns the connection to close with 4409: the one ``conn`` replaces, or ``conn``
+    itself when a connection of the client accepted after it registered first.  Why:
+    ``open_session`` runs in a thread, so two connections of one client (a reconnect
+    while the server still holds the dead one, or an attempt the client gave up on)
+    can finish it in either order; the newest accepted must win, as it is the one the
+    client is waiting on.  Replacing it with an older one closed the client's live
+    connection with 4409, after which it does not reconnect.
+    """
+    old = connections.get(client_id)
+    if old is not None and old.order > conn.order:
+        return conn
+    connections[client_id] = conn
+    return old
+
+
 async def _sync_endpoint(ws: WebSocket) -> None:
     state: ServerState = ws.app.state.tidesync
     params = ws.query_params
@@ -240,12 +264,17 @@ async def _sync_endpoint(ws: WebSocket) -> None:
         await ws.close(output.close_code or 4400, output.close_reason)
         return
     conn.session = session
-    old = state.connections.get(session.client_id)
-    state.connections[session.client_id] = conn
-    if old is not None:
+    replaced = claim(state.connections, session.client_id, conn)
+    if replaced is conn:  # a connection of this client accepted after this one won already
+        log.info("client %s: an older connection gives way to a newer one (4409)", client_id)
+        await asyncio.to_thread(session.close)
+        with contextlib.suppress(Exception):
+            await ws.close(CLOSE_REPLACED, "replaced by a newer connection")
+        return
+    if replaced is not None:
         log.info("client %s: newer connection replaces the old one (4409)", session.client_id)
-        old.session = None
-        old.force_close(4409, "replaced by a newer connection")
+        replaced.session = None
+        replaced.force_close(CLOSE_REPLACED, "replaced by a newer connection")
     conn.push([encode_message(m) for m in output.messages], output)
     key = state.hub.subscribe(conn.history_grew)
     tasks = [
