@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 # structured path gives the page a BigInt); such replies take that path.
 _LONG_NUMBER = re.compile(r"\d{16}")
 
+# Made once: ``json.dumps`` with options builds an encoder on every call, once per reply.
+_PAGE_JSON = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
+
 _PRAGMA_RE = re.compile(r"^\s*PRAGMA\s+([A-Za-z_]+)\s*=\s*([A-Za-z0-9_-]+)\s*;?\s*$", re.I)
 
 
@@ -64,7 +67,7 @@ def encode_for_page(message: Mapping[str, Any]) -> str | None:
     SQL NULL arrives as ``null`` either way in the page's JSON, ``undefined`` via ``to_js``.
     """
     try:
-        text = json.dumps(message, allow_nan=False, separators=(",", ":"))
+        text = _PAGE_JSON.encode(message)
     except (TypeError, ValueError):
         return None
     return None if _LONG_NUMBER.search(text) else text
