@@ -42,6 +42,10 @@ def demo_schema_sql() -> str:
     return resources.files("tidesync").joinpath("demo_schema.sql").read_text(encoding="utf-8")
 
 
+# Affinities that take any text as it is (``check_value``).
+_TEXT_OK = frozenset({"TEXT", "BLOB"})
+
+
 @dataclass(frozen=True)
 class Column:
     name: str
@@ -96,6 +100,15 @@ class TableInfo:
 
     def check_value(self, column: Column, value: Any) -> str | None:
         """Why ``value`` cannot be stored in ``column``, or None when it can."""
+        # The usual values first, with no more than a type test (every value of every
+        # local write and server change comes through here): text in a text column,
+        # an integer in 64-bit range (``bool`` is not ``int`` here: it takes the path below).
+        kind = type(value)
+        if kind is str:
+            if column.affinity in _TEXT_OK:
+                return None
+        elif kind is int and -(1 << 63) <= value < (1 << 63):
+            return None
         if value is None:
             if column.not_null and not column.pk_index:
                 return f"column '{column.name}' cannot be null"

@@ -18,6 +18,7 @@ from tidesync.changes.worker_processor import (
     Transaction,
     command_from_dict,
     handle_request,
+    write_now,
 )
 from tidesync.worker_sync.shared.port_codec import RemoteChangesPort, channel_text
 
@@ -96,6 +97,63 @@ async def test_errors_become_replies_and_nothing_is_written(worker: ChangesWorke
     reply = await call(worker, "execute", sql="SELEC nonsense")
     assert reply["error"]["type"] == "OperationalError"
     assert (await call(worker, "pendingChanges"))["result"] == []
+
+
+@pytest.mark.parametrize(
+    ("cmd", "args"),
+    [
+        ("insert", {"table": "projects", "row": {"id": "p2", "name": "Q"}}),
+        ("upsert", {"table": "projects", "row": {"id": "p1", "name": "R"}}),
+        ("update", {"table": "projects", "row": {"id": "p1", "name": "S"}}),
+        ("delete", {"table": "projects", "row": {"id": "p1"}}),
+        ("insert", {"table": "projects", "row": {"id": "p3"}}),  # name is required
+        ("insert", {"table": "nope", "row": {"id": "x"}}),
+        ("insert", {"row": {"id": "x"}}),
+        ("update", {"table": "projects", "row": [1]}),
+    ],
+)
+async def test_a_one_row_write_run_now_replies_and_records_as_the_queued_path(
+    tmp_path: Path, cmd: str, args: dict[str, Any]
+) -> None:
+    """``write_now`` (the page's hot path) and ``handle_request`` give the same reply,
+    the same rows and the same ``local_changes`` records for the same request."""
+    outcomes = []
+    for name, run_now in (("queued", False), ("now", True)):
+        w = ChangesWorker(str(tmp_path / f"{name}.db"), now_ms=lambda: 1_800_000_000_000)
+        try:
+            await w.insert("projects", {"id": "p1", "name": "P"})
+            request = {"id": 3, "cmd": cmd, "args": args}
+            reply = write_now(w, request) if run_now else await handle_request(w, request)
+            assert reply is not None
+            rows = await w.query("SELECT * FROM projects ORDER BY id")
+            changes = await w.query(
+                "SELECT table_name, operation, pk, data, updated_at, state FROM local_changes "
+                "ORDER BY seq"
+            )
+            outcomes.append((reply, rows, changes))
+        finally:
+            await w.close()
+    assert outcomes[0] == outcomes[1]
+
+
+async def test_write_now_leaves_a_busy_worker_and_other_commands_to_the_queue(
+    worker: ChangesWorker,
+) -> None:
+    insert = {
+        "id": 1,
+        "cmd": "insert",
+        "args": {"table": "projects", "row": {"id": "p", "name": "P"}},
+    }
+    assert write_now(worker, {"id": 2, "cmd": "query", "args": {"sql": "SELECT 1"}}) is None
+    assert write_now(worker, {"id": 2, "cmd": "insert", "args": "x"}) is None
+    async with worker.transaction():  # holds the database, as a queued request would
+        assert write_now(worker, insert) is None
+    assert (await call(worker, "pendingChanges"))["result"] == []
+    assert write_now(worker, insert) == {
+        "id": 1,
+        "ok": True,
+        "result": {"rowsAffected": 1, "lastInsertRowid": 1},
+    }
 
 
 async def test_port_calls_reach_the_changes_port(worker: ChangesWorker) -> None:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
 from tidesync.changes.worker import ChangesWorker
-from tidesync.changes.worker_processor import handle_request
+from tidesync.changes.worker_processor import handle_request, write_now
 from tidesync.schema import Schema
 from tidesync.worker_sync.shared.message_types import TableChange
 from tidesync.worker_sync.shared.port_codec import changes_to_wire, channel_text
@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 # 16+ digits in a row may be an integer beyond 2**53, which JSON.parse would round (the
 # structured path gives the page a BigInt); such replies take that path.
 _LONG_NUMBER = re.compile(r"\d{16}")
+
+# Made once: ``json.dumps`` with options builds an encoder on every call, once per reply.
+_PAGE_JSON = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
 
 _PRAGMA_RE = re.compile(r"^\s*PRAGMA\s+([A-Za-z_]+)\s*=\s*([A-Za-z0-9_-]+)\s*;?\s*$", re.I)
 
@@ -64,7 +67,7 @@ def encode_for_page(message: Mapping[str, Any]) -> str | None:
     SQL NULL arrives as ``null`` either way in the page's JSON, ``undefined`` via ``to_js``.
     """
     try:
-        text = json.dumps(message, allow_nan=False, separators=(",", ":"))
+        text = _PAGE_JSON.encode(message)
     except (TypeError, ValueError):
         return None
     return None if _LONG_NUMBER.search(text) else text
@@ -206,13 +209,32 @@ async def start(bridge: Any) -> None:
     page_run = RequestRunner(lambda: worker.busy, spawn)
     sync_run = RequestRunner(lambda: worker.busy, spawn)
 
+    def page_write_now(data: dict[str, Any]) -> bool:
+        """A one-row write run and answered right here (``worker_processor.write_now``).
+
+        Only when no earlier page request is unfinished, so replies keep their order;
+        False: it goes through ``page_request`` like any other request.
+        """
+        if page_run.unfinished:
+            return False
+        page_events.requests += 1
+        try:
+            reply = write_now(worker, data)
+        finally:
+            page_events.requests -= 1
+        if reply is None:
+            return False
+        to_page(page_events.attach(reply))
+        return True
+
     def on_page_message(event: Any) -> None:
         try:
             data = decode_from_page(event.data)
         except ValueError:
             data = None
         if isinstance(data, dict) and "cmd" in data:
-            page_run.run(page_request(data))
+            if not page_write_now(data):
+                page_run.run(page_request(data))
         else:
             log.warning("ignoring a page message that is not a request")
 

@@ -199,23 +199,58 @@ class ChangesWorker:
 
     async def run_transaction(self, ops: Sequence[WriteOp]) -> list[WriteResult]:
         """Several writes, all or nothing; one result per op."""
-        async with self.transaction():
-            return [self._writer.run(op) for op in ops]
+        async with self._lock:
+            results, tables, carried = self._commit_ops(ops)
+        self._local_committed(tables, carried)
+        return results
+
+    def write_now(self, ops: Sequence[WriteOp]) -> list[WriteResult] | None:
+        """``run_transaction`` to its end in this call, or None (nothing run) when busy.
+
+        Why: a page's one-row write is the hot path, and the coroutines, the lock and
+        the context managers around it cost about as much as its SQL in Pyodide.  It
+        is the same transaction: asyncio runs one step at a time and nothing here
+        awaits, so running while no call holds the database (``busy`` is False) is
+        what taking the free lock would do, and nobody can come in between.
+        """
+        if self.busy:
+            return None
+        results, tables, carried = self._commit_ops(ops)
+        self._local_committed(tables, carried)
+        return results
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
         """``async with worker.transaction() as tx``: commit at the end, roll back on error."""
-        carried: list[TableChange] | None = None
         async with self._lock:
             self._writer.touched.start()
             with write_transaction(self._conn, applying=False, clock=self._clock):
                 yield Transaction(self._writer, self._conn)
-            tables = self._writer.touched.finish()
-            if tables and self._carry_limit is not None:
-                # Read under the lock, right after the commit: the same rows a
-                # ``unsynced_changes`` call would return now (``arm_local_changes``).
-                carried = self._read_unsynced(self._carry_limit) or None
-                self._carry_limit = None
+            tables, carried = self._after_commit()
+        self._local_committed(tables, carried)
+
+    def _commit_ops(
+        self, ops: Sequence[WriteOp]
+    ) -> tuple[list[WriteResult], list[str], list[TableChange] | None]:
+        """One local transaction of ``ops``; the caller holds the database."""
+        self._writer.touched.start()
+        with write_transaction(self._conn, applying=False, clock=self._clock):
+            results = [self._writer.run(op) for op in ops]
+        return (results, *self._after_commit())
+
+    def _after_commit(self) -> tuple[list[str], list[TableChange] | None]:
+        """The tables a local commit changed, and what it carries to the Sync side."""
+        tables = self._writer.touched.finish()
+        carried: list[TableChange] | None = None
+        if tables and self._carry_limit is not None:
+            # Read with the database still held, right after the commit: the same rows
+            # a ``unsynced_changes`` call would return now (``arm_local_changes``).
+            carried = self._read_unsynced(self._carry_limit) or None
+            self._carry_limit = None
+        return tables, carried
+
+    def _local_committed(self, tables: list[str], carried: list[TableChange] | None) -> None:
+        """Tell the listeners, after the database is free again."""
         if tables:
             self._local_listeners.emit(carried)
             self._tables_changed(tables, "local")

@@ -11,6 +11,7 @@ move forward takes ``last + 1 ms``), which keeps the wire format plain ISO.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -76,10 +77,25 @@ def parse_timestamp(text: object) -> int:
     return int(moment.timestamp()) * 1000 + millis - offset_minutes * 60_000
 
 
+# The last second ``format_timestamp`` formatted, and its text up to the seconds.
+_last_second: tuple[int, str] = (-1, "")
+
+
 def format_timestamp(millis: int) -> str:
-    """Canonical wire form: ``2026-11-25T10:00:00.123Z``."""
-    moment = datetime.fromtimestamp(millis // 1000, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{millis % 1000:03d}Z"
+    """Canonical wire form: ``2026-11-25T10:00:00.123Z``.
+
+    The date and time of day are formatted once per second and kept: every local
+    write stamps a fresh time, and ``datetime`` + ``strftime`` were most of the cost
+    of that in Pyodide.  One tuple, replaced whole, so threads (the server's) never
+    see a second paired with another second's text.
+    """
+    second, ms = divmod(millis, 1000)
+    global _last_second
+    cached = _last_second
+    if cached[0] != second:
+        cached = (second, datetime.fromtimestamp(second, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S"))
+        _last_second = cached
+    return f"{cached[1]}.{ms:03d}Z"
 
 
 def normalize_timestamp(text: object) -> str:
@@ -124,7 +140,7 @@ def lww_key(updated_at: str, client_id: str | None) -> tuple[int, str]:
 
 
 def _wall_clock_ms() -> int:
-    return int(datetime.now(tz=UTC).timestamp() * 1000)
+    return time.time_ns() // 1_000_000
 
 
 @dataclass
