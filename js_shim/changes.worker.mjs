@@ -4,9 +4,9 @@
  *
  * Loads Pyodide (from the boot snapshot when there is one; on a boot without one it
  * takes it and stores it for the next start in the background), hands that heap to the
- * page for the Sync Worker (started once this worker's Pyodide is up, it restores that heap
- * without reading Cache Storage while this worker opens the database), mounts the OPFS
- * file system under SQLite, then hands control to `tidesync.changes.browser_entry`. The
+ * page, with the wasm module it compiled, for the Sync Worker (started after this worker is
+ * ready, it restores that heap without reading Cache Storage and does not compile the wasm
+ * again), mounts the OPFS file system under SQLite, then hands control to `tidesync.changes.browser_entry`. The
  * page posts `{kind: "init", config}` with one end of the MessageChannel to the Sync
  * Worker; every later message (page requests, Sync Worker requests) is handled in Python.
  */
@@ -22,8 +22,7 @@ try {
   const useSnapshot = config.snapshot !== false;
   const pyodide = await bootPyodide(config.siteBase, { useSnapshot, makeSnapshot: useSnapshot });
   // Transferred, not copied (30 MB); a page without sync has no use for it. Either way this
-  // worker keeps no reference: it would hold the 30 MB for its whole life. Posted before
-  // "booted": the page starts the Sync Worker on "booted", with the heap if one came.
+  // worker keeps no reference: it would hold the 30 MB for its whole life.
   // The compiled wasm goes with it (cloned: a Module shares its code, it is not copied).
   if ((pyodide.snapshotBytes || pyodide.wasmModule) && config.sync !== false) {
     const bytes = pyodide.snapshotBytes;

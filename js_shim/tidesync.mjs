@@ -396,8 +396,6 @@ export class TideSync {
     let snapshot = null;
     /** @type {WebAssembly.Module|null} Pyodide's wasm as that worker compiled it */
     let wasmModule = null;
-    /** @type {Worker|null} */
-    let sync = null;
     changes.onmessage = (ev) => {
       // Kept here, never forwarded to other tabs (30 MB).
       if (ev.data?.event === "snapshot") {
@@ -406,41 +404,26 @@ export class TideSync {
         return;
       }
       this._rpc?.receive(ev.data);
-      // After a cold boot now (the database open that follows imports the Changes side's
-      // modules: long enough to hide the Sync Worker's boot); after a warm one at "ready".
-      if (ev.data?.event === "booted" && ev.data.boot?.snapshot !== "loaded") startSync();
-    };
-    const startSync = () => {
-      if (!opts.sync || sync || this._closed) return;
-      sync = this._startSyncWorker(config, channel.port2, snapshot, wasmModule);
-      snapshot = wasmModule = null;
     };
     const ready = new Promise((resolve, reject) => { this._onReady = resolve; this._onFatal = reject; });
     changes.postMessage({ kind: "init", config }, [channel.port1]);
     this._setStatus({ role: "leader" });
     this._serveFollowers();
     this._watchPage();
-    try {
-      await ready;
-    } catch (err) {
-      // The database did not open: a Sync Worker started meanwhile has nothing to sync.
-      sync?.terminate();
-      throw err;
+    await ready;
+    if (opts.sync && !this._closed) {
+      this._startSyncWorker(config, channel.port2, snapshot, wasmModule);
+      snapshot = wasmModule = null;
     }
-    startSync();
   }
 
   /**
-   * Start the Sync Worker: after a cold boot of the Changes Worker as soon as its Pyodide
-   * is up ("booted"), not when local data is readable. The two Pyodide boots still do not
-   * share the cores (the Changes Worker's is the long one, and it is over), and the Sync
-   * Worker's boot from the heap the Changes Worker took (handed over, not read back from
-   * Cache Storage) overlaps the database open and the Changes side's imports instead of
-   * following them. After a warm boot (from the snapshot) that open is short and the
-   * overlap cost local reads more than it gained (measured: warm ready +50 ms, live
-   * -40 ms), so the Sync Worker starts at "ready" then. Its requests to the Changes Worker
-   * wait in the channel until that worker takes its end.
-   * The compiled wasm goes with the heap, so the Sync Worker does not compile it again.
+   * Start the Sync Worker once local data is readable (the Changes Worker's "ready"): two
+   * Pyodide boots at once would share the cores and delay reading (measured: starting it
+   * at the Changes Worker's "booted" made cold "ready" ~250 ms later and live no sooner).
+   * It boots from the heap the Changes Worker restored or took (handed over, not read back
+   * from Cache Storage) and instantiates the wasm that worker compiled. Messages the
+   * Changes Worker posts to it meanwhile wait in the channel.
    * @param {Record<string, any>} config @param {MessagePort} port @param {Uint8Array|null} heap
    * @param {WebAssembly.Module|null} wasmModule
    * @returns {Worker}

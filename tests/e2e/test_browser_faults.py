@@ -251,8 +251,7 @@ def test_reload_during_initial_sync_never_shows_half_a_snapshot_then_goes_live(
     assert all(s["n"] == 0 and s["lsn"] == "0/0" for s in streaming)
     # It started over (the staged chunks died with the page): the server began a second
     # snapshot of the same size for this client. (Not read off the progress counter: the
-    # Sync Worker now streams from the moment the database is open, so the first sample
-    # taken after the reopen may already be past the chunk the reload cut.)
+    # first sample taken after the reopen may already be past the chunk the reload cut.)
     client_id = _scalar(page, "SELECT value FROM sync_state WHERE key = 'client_id'")
     starts = [
         line

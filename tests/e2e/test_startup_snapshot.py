@@ -2,9 +2,9 @@
 
 The first open boots Pyodide normally in the Changes Worker and takes a snapshot of
 its heap with tidesync imported, stored in the background (the database does not wait
-for it); the Sync Worker, started once the Changes Worker's Pyodide is up, restores
-that heap (handed over by the page, with the compiled wasm), and every later open
-boots from the stored one. The
+for it); the Sync Worker, started once local data is readable, restores that heap
+(handed over by the page, with the compiled wasm), and every later open boots from the
+stored one. The
 snapshot is keyed by the wheel's SHA-256 (a new wheel never restores the old one's
 modules) and a snapshot that does not load falls back to a normal boot.
 """
@@ -103,8 +103,8 @@ def test_warm_start_boots_both_workers_from_the_snapshot(
 ) -> None:
     page = _open(context, server)
     # Cold: the Changes Worker takes the snapshot before opening the database and the
-    # Sync Worker (started once its Pyodide is up) boots from that heap, running the wasm
-    # the Changes Worker compiled.
+    # Sync Worker (started after it) boots from that heap, running the wasm the Changes
+    # Worker compiled.
     assert _boot(page) == {"changes": "made", "sync": "loaded", "syncWasm": "shared"}
     page.evaluate("db.insert('tasks', {id: 'snap-1', title: 'written before the reload'})")
     page.wait_for_function(LIVE, timeout=TIMEOUT_MS)
