@@ -156,7 +156,10 @@ async def test_write_now_leaves_a_busy_worker_and_other_commands_to_the_queue(
     }
 
 
-async def test_port_calls_reach_the_changes_port(worker: ChangesWorker) -> None:
+def channel_port(worker: ChangesWorker) -> RemoteChangesPort:
+    """The Sync Worker's port to ``worker`` with every call crossing as JSON, as over the
+    MessageChannel (each answer must be ``ok``)."""
+
     async def over_the_channel(cmd: str, args: dict[str, Any]) -> Any:
         reply = await handle_request(
             worker, {"id": 1, "cmd": cmd, "args": json.loads(json.dumps(args))}
@@ -164,7 +167,11 @@ async def test_port_calls_reach_the_changes_port(worker: ChangesWorker) -> None:
         assert reply["ok"], reply
         return reply["result"]
 
-    port = RemoteChangesPort(over_the_channel)
+    return RemoteChangesPort(over_the_channel)
+
+
+async def test_port_calls_reach_the_changes_port(worker: ChangesWorker) -> None:
+    port = channel_port(worker)
     await worker.insert("projects", {"id": "p1", "name": "P"})
     state = await port.local_state()
     assert state.client_id == worker.client_id and state.pending_count == 1
@@ -179,14 +186,7 @@ async def test_checksums_for_an_integrity_check_are_read_only_when_idle_at_that_
 ) -> None:
     """``if_idle_at``: the LSN and the pending count are checked in the checksums' own read."""
 
-    async def over_the_channel(cmd: str, args: dict[str, Any]) -> Any:
-        reply = await handle_request(
-            worker, {"id": 1, "cmd": cmd, "args": json.loads(json.dumps(args))}
-        )
-        assert reply["ok"], reply
-        return reply["result"]
-
-    port = RemoteChangesPort(over_the_channel)
+    port = channel_port(worker)
     await port.advance_lsn(5)
     idle = await port.table_checksums(["tasks", "projects"], if_idle_at=5)
     assert idle is not None and set(idle) == {"tasks", "projects"}
@@ -203,14 +203,7 @@ async def test_a_table_repair_crosses_the_channel_like_an_initial_sync(
     """The browser's Sync Worker stages and swaps a table repair over the MessageChannel."""
     from tidesync.worker_sync.shared.message_types import Operation, TableChange
 
-    async def over_the_channel(cmd: str, args: dict[str, Any]) -> Any:
-        reply = await handle_request(
-            worker, {"id": 1, "cmd": cmd, "args": json.loads(json.dumps(args))}
-        )
-        assert reply["ok"], reply
-        return reply["result"]
-
-    port = RemoteChangesPort(over_the_channel)
+    port = channel_port(worker)
     row = {"id": "p1", "name": "from the server", "updated_at": "2027-01-01T00:00:00.000Z"}
     snapshot = TableChange(
         id="s1",
