@@ -26,8 +26,14 @@ try {
   // The compiled wasm goes with it (cloned: a Module shares its code, it is not copied).
   if ((pyodide.snapshotBytes || pyodide.wasmModule) && config.sync !== false) {
     const bytes = pyodide.snapshotBytes;
-    const message = { event: "snapshot", bytes, wasmModule: pyodide.wasmModule };
-    self.postMessage(message, bytes ? [bytes.buffer] : []);
+    const transfer = bytes ? [bytes.buffer] : [];
+    try {
+      self.postMessage({ event: "snapshot", bytes, wasmModule: pyodide.wasmModule }, transfer);
+    } catch {
+      // A browser that cannot post a WebAssembly.Module (DataCloneError, nothing was
+      // transferred): the heap alone; the Sync Worker then compiles the wasm itself.
+      if (bytes) self.postMessage({ event: "snapshot", bytes, wasmModule: null }, transfer);
+    }
   }
   pyodide.snapshotBytes = pyodide.wasmModule = null;
   self.postMessage({ event: "booted", worker: "changes", boot: pyodide.bootInfo });

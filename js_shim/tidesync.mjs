@@ -436,7 +436,12 @@ export class TideSync {
       else if (ev.data?.event === "booted") this._onWorkerEvent(ev.data);
     };
     const transfer = heap ? [port, heap.buffer] : [port];
-    sync.postMessage({ kind: "init", config, snapshot: heap, wasmModule }, transfer);
+    try {
+      sync.postMessage({ kind: "init", config, snapshot: heap, wasmModule }, transfer);
+    } catch {
+      // The module could not be posted (DataCloneError, nothing transferred): without it.
+      sync.postMessage({ kind: "init", config, snapshot: heap, wasmModule: null }, transfer);
+    }
     return sync;
   }
 
