@@ -6,9 +6,10 @@
  * takes it and stores it for the next start in the background), hands that heap to the
  * page, with the wasm module it compiled, for the Sync Worker (started after this worker is
  * ready, it restores that heap without reading Cache Storage and does not compile the wasm
- * again), mounts the OPFS file system under SQLite, then hands control to `tidesync.changes.browser_entry`. The
- * page posts `{kind: "init", config}` with one end of the MessageChannel to the Sync
- * Worker; every later message (page requests, Sync Worker requests) is handled in Python.
+ * again), mounts the OPFS file system under SQLite, then hands control to
+ * `tidesync.changes.browser_entry`. The page posts `{kind: "init", config}` with one end
+ * of the MessageChannel to the Sync Worker; every later message (page requests, Sync
+ * Worker requests) is handled in Python.
  */
 import { bootPyodide, messageInbox } from "./boot.mjs";
 import { mountOpfs } from "./opfs_fs.mjs";

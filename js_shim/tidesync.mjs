@@ -426,14 +426,12 @@ export class TideSync {
    * Changes Worker posts to it meanwhile wait in the channel.
    * @param {Record<string, any>} config @param {MessagePort} port @param {Uint8Array|null} heap
    * @param {WebAssembly.Module|null} wasmModule
-   * @returns {Worker}
    */
   _startSyncWorker(config, port, heap, wasmModule) {
     const sync = new Worker(new URL("./sync.worker.mjs", import.meta.url), { type: "module", name: "tidesync-sync" });
     this._workers.push(sync);
     sync.onmessage = (ev) => {
-      if (ev.data?.event === "fatal") this._onWorkerEvent({ ...ev.data, worker: "sync" });
-      else if (ev.data?.event === "booted") this._onWorkerEvent(ev.data);
+      if (ev.data?.event === "fatal" || ev.data?.event === "booted") this._onWorkerEvent(ev.data);
     };
     const transfer = heap ? [port, heap.buffer] : [port];
     try {
@@ -442,7 +440,6 @@ export class TideSync {
       // The module could not be posted (DataCloneError, nothing transferred): without it.
       sync.postMessage({ kind: "init", config, snapshot: heap, wasmModule: null }, transfer);
     }
-    return sync;
   }
 
   /**
@@ -476,8 +473,7 @@ export class TideSync {
         const err = toError(data.error);
         this._setStatus({ lastError: err.message });
         this._emit("error", err);
-        // Only the Changes Worker's failure fails open(): without sync the data still works.
-        if (data.worker !== "sync") this._onFatal?.(err);
+        this._onFatal?.(err);
         break;
       }
       case "status":
