@@ -244,11 +244,13 @@ export class TaskList {
       if (!row) return;
       const id = row.dataset.id;
       if (target.dataset.testid === "task-done" && id) {
-        row.classList.toggle("done", target.checked);
-        this.toggling.set(id, target.checked);
-        // Every result posted after the write resolves includes it (one worker, in order).
-        guard(this.db.update("tasks", { id, done: target.checked ? 1 : 0 })
-          .finally(() => { if (this.toggling.get(id) === target.checked) this.toggling.delete(id); }));
+        const done = target.checked;
+        row.classList.toggle("done", done);
+        this.toggling.set(id, done);
+        // Every result posted after the write resolves includes it (one worker, in order);
+        // a later toggle of the same box owns the entry until its own write resolves.
+        guard(this.db.update("tasks", { id, done: done ? 1 : 0 })
+          .finally(() => { if (this.toggling.get(id) === done) this.toggling.delete(id); }));
       } else if (target.dataset.testid === "task-project") {
         guard(this.db.update("tasks", { id, project_id: target.value }));
       }
