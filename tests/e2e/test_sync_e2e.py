@@ -371,3 +371,62 @@ def test_a_local_write_reports_its_tables_before_it_resolves_in_every_tab(
         local.evaluate("db.close()")
     finally:
         context.close()
+
+
+SPY_CHANNEL = """(name) => {
+  window.spied = [];
+  window.spy = new BroadcastChannel(`tidesync:${name}`);
+  spy.onmessage = (ev) => { if (ev.data?.type === 'event') spied.push(ev.data.data.event); };
+}"""
+
+
+@pytest.mark.timeout(360)  # boots Pyodide four times (three tabs, one takeover) on 2 cores
+def test_the_owner_tab_forwards_events_only_while_another_tab_follows_it(
+    chromium: Any, open_client: Callable[..., Any]
+) -> None:
+    """A post on the BroadcastChannel crosses the browser process (~0.1 ms): a tab alone
+    forwards nothing, a follower tab gets every event once it is there (after the owner
+    closes, a tab still following the new owner too), and a tab that closed stops it."""
+    context = chromium.new_context()
+    try:
+        first = open_client("fwd", context=context)
+        first.evaluate(SPY_CHANNEL, "fwd")
+        first.evaluate("db.insert('projects', {id: 'fwd-alone', name: 'nobody follows'})")
+        first.evaluate("new Promise((r) => setTimeout(r, 300))")
+        assert first.evaluate("spied") == []
+
+        second = open_client("fwd", context=context, wait_live=False)
+        third = open_client("fwd", context=context, wait_live=False)
+        assert second.evaluate("db.status.role") == third.evaluate("db.status.role") == "follower"
+        for tab in (second, third):
+            tab.evaluate("() => { window.changes = []; db.on('change', (c) => changes.push(c)); }")
+        first.evaluate("db.insert('projects', {id: 'fwd-followed', name: 'two follow'})")
+        for tab in (second, third):
+            tab.wait_for_function("() => changes.some((c) => c.tables.includes('projects'))")
+        assert "tables_changed" in first.evaluate("spied")
+
+        first.close()  # one of the followers takes over; the other must still hear it
+        deadline = time.monotonic() + BOOT_TIMEOUT_MS / 1000
+        roles: set[str] = set()
+        while time.monotonic() < deadline:
+            roles = {second.evaluate("db.status.role"), third.evaluate("db.status.role")}
+            if roles == {"leader", "follower"}:
+                break
+            time.sleep(0.2)
+        assert roles == {"leader", "follower"}
+        leads = second.evaluate("db.status.role") == "leader"
+        owner, follower = (second, third) if leads else (third, second)
+        owner.wait_for_function("() => db.status.ready", timeout=BOOT_TIMEOUT_MS)
+        follower.evaluate("() => { changes.length = 0; }")
+        owner.evaluate("db.insert('projects', {id: 'fwd-new-owner', name: 'after takeover'})")
+        follower.wait_for_function("() => changes.some((c) => c.tables.includes('projects'))")
+
+        follower.evaluate("db.close()")
+        owner.evaluate(SPY_CHANNEL, "fwd")
+        owner.evaluate("new Promise((r) => setTimeout(r, 300))")  # the bye arrives
+        owner.evaluate("() => { spied.length = 0; }")
+        owner.evaluate("db.insert('projects', {id: 'fwd-alone-again', name: 'alone again'})")
+        owner.evaluate("new Promise((r) => setTimeout(r, 300))")
+        assert owner.evaluate("spied") == []
+    finally:
+        context.close()
