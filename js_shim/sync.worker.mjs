@@ -8,13 +8,19 @@
  * `tidesync.worker_sync.worker_thread.browser_entry`, which reaches the Changes
  * Worker through the MessageChannel port it is given and the server through
  * `js.WebSocket`.
+ *
+ * With `config.preconnectUrl` it opens that socket first and keeps every event of it
+ * until Python adopts it (`sync_socket.mjs`), so connecting and the server's first frames
+ * overlap the ~0.3-0.5 s boot.
  */
 import { bootPyodide, messageInbox } from "./boot.mjs";
+import { frameUtf8, openEarly } from "./sync_socket.mjs";
 
 const inbox = messageInbox(self);
 const init = await inbox.first((ev) => ev.data && ev.data.kind === "init");
 const config = init.data.config;
 const changesPort = init.ports[0];
+const early = openEarly(config.preconnectUrl);
 
 try {
   const pyodide = await bootPyodide(config.siteBase, {
@@ -32,8 +38,11 @@ try {
     post: (/** @type {any} */ message) => self.postMessage(message),
     take: inbox.take,
     changesPort,
+    early,
+    frameUtf8,
   });
 } catch (err) {
+  if (early) early.ws.close(1000);
   const error = /** @type {Error} */ (err);
   console.error("tidesync sync worker failed to start", error);
   self.postMessage({ event: "fatal", error: { type: error.name, message: String(error.message) } });

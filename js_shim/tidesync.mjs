@@ -418,9 +418,9 @@ export class TideSync {
     this._setStatus({ role: "leader" });
     this._serveFollowers();
     this._watchPage();
-    await ready;
+    const { syncUrl } = /** @type {{syncUrl?: string}} */ (await ready);
     if (opts.sync && !this._closed) {
-      this._startSyncWorker(config, channel.port2, snapshot, wasmModule);
+      this._startSyncWorker({ ...config, preconnectUrl: syncUrl ?? null }, channel.port2, snapshot, wasmModule);
       snapshot = wasmModule = null;
     }
   }
@@ -431,7 +431,8 @@ export class TideSync {
    * at the Changes Worker's "booted" made cold "ready" ~250 ms later and live no sooner).
    * It boots from the heap the Changes Worker restored or took (handed over, not read back
    * from Cache Storage) and instantiates the wasm that worker compiled. Messages the
-   * Changes Worker posts to it meanwhile wait in the channel.
+   * Changes Worker posts to it meanwhile wait in the channel. `config.preconnectUrl` (the
+   * ready event's `syncUrl`) lets it open its socket before Pyodide is up.
    * @param {Record<string, any>} config @param {MessagePort} port @param {Uint8Array|null} heap
    * @param {WebAssembly.Module|null} wasmModule
    */
@@ -475,7 +476,7 @@ export class TideSync {
     switch (data.event) {
       case "ready":
         this._setStatus({ ready: true, timings: { ...(data.timings ?? {}), ready: Math.round(performance.now() - this.t0) } });
-        this._onReady?.(undefined);
+        this._onReady?.(data);
         break;
       case "fatal": {
         const err = toError(data.error);

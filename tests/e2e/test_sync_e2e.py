@@ -430,3 +430,21 @@ def test_the_owner_tab_forwards_events_only_while_another_tab_follows_it(
         assert owner.evaluate("spied") == []
     finally:
         context.close()
+
+
+def test_the_sync_worker_adopts_the_socket_its_bootstrap_opened_before_python(
+    open_client: Callable[..., Any], site_server: Any
+) -> None:
+    """The Changes Worker's ready event names the URL; sync_socket.openEarly connects while
+    the Sync Worker restores Pyodide; Python adopts that socket (one connection, no 4409)."""
+    page = open_client("early-socket")
+    status = page.evaluate("db.status")
+    assert status["earlySocket"] == "adopted"
+    client = status["clientId"]
+    connected = [
+        line
+        for line in site_server.log_path.read_text().splitlines()
+        if f"client {client} connected" in line
+    ]
+    assert len(connected) == 1, connected
+    assert f"client {client}: newer connection" not in site_server.log_path.read_text()

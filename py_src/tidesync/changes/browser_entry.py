@@ -24,6 +24,7 @@ from tidesync.changes.worker_processor import handle_request, write_now
 from tidesync.schema import Schema
 from tidesync.worker_sync.shared.message_types import TableChange
 from tidesync.worker_sync.shared.port_codec import changes_to_wire, channel_text
+from tidesync.worker_sync.worker_thread.sync_worker import build_sync_url
 
 __all__ = [
     "PageEvents",
@@ -31,6 +32,7 @@ __all__ = [
     "decode_from_page",
     "encode_for_page",
     "parse_pragmas",
+    "preconnect_url",
     "serve_sync_request",
     "start",
 ]
@@ -82,9 +84,16 @@ def decode_from_page(raw: Any) -> Any:
     """
     if isinstance(raw, str):
         return json.loads(raw)
-    from tidesync._pyodide import from_js
+    from tidesync._pyodide import from_js, read_utf8_carrier
 
-    return from_js(raw)
+    carried = read_utf8_carrier(raw)
+    if carried is None:
+        return from_js(raw)
+    text, arg, utf8 = carried  # the Sync Worker's large JSON text, as UTF-8 bytes
+    data = json.loads(text)
+    if isinstance(data, dict) and isinstance(data.get("args"), dict):
+        data["args"][arg] = utf8
+    return data
 
 
 def conflicts_in(args: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -257,12 +266,25 @@ async def start(bridge: Any) -> None:
     bridge.take(proxies.proxy(on_page_message))
     opened_ms = round((time.perf_counter() - started) * 1000)
     log.info("changes worker ready: %s (client %s)", config["dbPath"], worker.client_id)
-    to_page(
-        {
-            "event": "ready",
-            "timings": {"pyodideBoot": round(config.get("bootMillis") or 0), "dbOpen": opened_ms},
-        }
-    )
+    ready: dict[str, Any] = {
+        "event": "ready",
+        "timings": {"pyodideBoot": round(config.get("bootMillis") or 0), "dbOpen": opened_ms},
+    }
+    if config.get("sync") is not False and isinstance(config.get("url"), str):
+        ready["syncUrl"] = preconnect_url(str(config["url"]), worker)
+    to_page(ready)
+
+
+def preconnect_url(base: str, worker: ChangesWorker) -> str:
+    """The URL the Sync Worker's first connection will ask for, so it can open it early.
+
+    Why: the Sync Worker starts after this worker is ready and spends ~0.3-0.5 s
+    restoring Pyodide; its JavaScript opens this socket before that and keeps what
+    arrives, so the server's snapshot read and first chunks overlap the boot.  The
+    Sync Worker builds its own URL from ``local_state`` and adopts the early socket
+    only when the two are equal (nothing but the Sync Worker moves the LSN).
+    """
+    return build_sync_url(base, worker.client_id, worker.synced_lsn(), init_rows=True)
 
 
 # The Sync Worker reads these to send them to the server.

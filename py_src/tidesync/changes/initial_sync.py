@@ -213,7 +213,7 @@ class InitialSync:
         """Stage decoded changes (the native path); same result as ``stage_json``."""
         self._stage_items(table, [c.to_wire() for c in changes])
 
-    def stage_json(self, table: str, changes_json: str) -> None:
+    def stage_json(self, table: str, changes_json: str | bytes) -> None:
         """Stage one chunk given as JSON text: the list of wire changes, or the whole
         ``srv_init_changes`` frame holding it (the Sync Worker forwards the frame it
         received, unparsed; its envelope was checked there).  The changes are checked

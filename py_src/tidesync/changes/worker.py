@@ -350,7 +350,7 @@ class ChangesWorker:
         async with self._lock:
             self._initial.stage(table, changes)
 
-    async def stage_initial_json(self, table: str, changes_json: str) -> None:
+    async def stage_initial_json(self, table: str, changes_json: str | bytes) -> None:
         async with self._lock:
             self._initial.stage_json(table, changes_json)
 
@@ -523,6 +523,10 @@ class ChangesWorker:
         except sqlite3.Error:  # the bookkeeping is best effort: the retry is what matters
             log.exception("could not record the failure of batch %s", format_lsn(last_lsn))
         return delay
+
+    def synced_lsn(self) -> int:
+        """The server LSN this database has applied up to (0: never synced)."""
+        return self._lsn()
 
     def _lsn(self) -> int:
         return int(get_state(self._conn, "lsn") or 0)

@@ -52,11 +52,11 @@ class ChangesPort(Protocol):
 
     async def stage_initial_chunk(self, table: str, changes: Sequence[TableChange]) -> None: ...
 
-    async def stage_initial_json(self, table: str, changes_json: str) -> None:
+    async def stage_initial_json(self, table: str, changes_json: str | bytes) -> None:
         """``stage_initial_chunk`` with the changes as the JSON text of their wire form.
 
-        The form that crosses the MessageChannel (one string per chunk); the
-        Changes side validates it as it would the decoded changes.
+        The form that crosses the MessageChannel (one string per chunk, or its UTF-8
+        bytes); the Changes side validates it as it would the decoded changes.
         """
 
     async def commit_initial_sync(self, server_lsn: int) -> ApplyOutcome:

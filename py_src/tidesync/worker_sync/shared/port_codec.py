@@ -137,7 +137,7 @@ def _changes_from_args(args: dict[str, Any]) -> list[TableChange]:
     text = args.get("changes_json")
     if text is None:
         return _changes(args.get("changes"))
-    if not isinstance(text, str):
+    if not isinstance(text, str | bytes):  # bytes: UTF-8 (``post_with_utf8``)
         raise _bad("changes_json", "must be a string (a JSON array of changes)")
     try:
         raw = json.loads(text)
@@ -199,7 +199,7 @@ class RemoteChangesPort:
             return
         await self.stage_initial_json(table, text)
 
-    async def stage_initial_json(self, table: str, changes_json: str) -> None:
+    async def stage_initial_json(self, table: str, changes_json: str | bytes) -> None:
         args = {"table": table, "changes_json": changes_json}
         await self._call("port.stage_initial_chunk", args)
 
@@ -294,7 +294,7 @@ async def dispatch_port_call(port: ChangesPort, cmd: str, args: dict[str, Any]) 
             raise _bad("table", "must be a string")
         text = args.get("changes_json")
         if text is not None:
-            if not isinstance(text, str):
+            if not isinstance(text, str | bytes):  # bytes: UTF-8 (``post_with_utf8``)
                 raise _bad("changes_json", "must be a string (a JSON array of changes)")
             await port.stage_initial_json(table, text)
         else:

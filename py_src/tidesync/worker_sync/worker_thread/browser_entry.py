@@ -22,7 +22,11 @@ from tidesync.worker_sync.shared.port_codec import (
     changes_from_wire,
     channel_text,
 )
-from tidesync.worker_sync.worker_thread.browser_websocket import BrowserWebSocketTransport
+from tidesync.worker_sync.worker_thread.browser_websocket import (
+    EARLY_UNCLAIMED_S,
+    BrowserWebSocketTransport,
+    EarlySocket,
+)
 from tidesync.worker_sync.worker_thread.status import SyncStatus
 from tidesync.worker_sync.worker_thread.sync_worker import SyncWorker
 
@@ -68,9 +72,12 @@ class PortRpc:
         self._send(event)
 
     def _send(self, message: dict[str, Any]) -> None:
-        """JSON text when it carries the message exactly (``channel_text``), else an object."""
-        from tidesync._pyodide import text_or_js
+        """JSON text when it carries the message exactly (``channel_text``), else an object;
+        a snapshot chunk or batch text goes beside it as UTF-8 bytes (``post_with_utf8``)."""
+        from tidesync._pyodide import post_with_utf8, text_or_js
 
+        if post_with_utf8(self._port.postMessage, message, channel_text):
+            return
         self._port.postMessage(text_or_js(message, channel_text(message)))
 
     def _receive(self, event: Any) -> None:
@@ -198,15 +205,19 @@ async def start(bridge: Any) -> None:
 
     rpc = PortRpc(bridge.changesPort, on_event)
     port = RemoteChangesPort(rpc.call, rpc.post)
+    early = EarlySocket(getattr(bridge, "early", None))
+    frame_utf8 = getattr(bridge, "frameUtf8", None)
     worker = SyncWorker(
         port,
-        BrowserWebSocketTransport,
+        lambda: BrowserWebSocketTransport(early, frame_utf8),
         url=str(config["url"]),
         heartbeat_interval=float(config.get("heartbeatInterval") or 5.0),
     )
     holder["worker"] = worker
     worker.on_status(
-        lambda status: rpc.notify({"event": "status", "status": status_to_dict(status)})
+        lambda status: rpc.notify(
+            {"event": "status", "status": {**status_to_dict(status), "earlySocket": early.outcome}}
+        )
     )
 
     group = ProxyGroup()
@@ -222,5 +233,8 @@ async def start(bridge: Any) -> None:
     js.addEventListener("offline", network(False))
     if offline["network"]:
         worker.go_offline()
+        early.drop()
     log.info("sync worker starting for %s", config["url"])
     await worker.start()
+    # Not claimed by a first attempt soon (offline from the start): no socket left open.
+    asyncio.get_running_loop().call_later(EARLY_UNCLAIMED_S, early.drop)
