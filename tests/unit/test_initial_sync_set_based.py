@@ -507,3 +507,54 @@ async def test_the_snapshot_commit_runs_with_a_large_page_cache_and_gives_it_bac
         assert len(await rows(w, "tasks")) == 3
     finally:
         await w.close()
+
+
+async def test_the_copy_into_an_empty_table_rebuilds_its_plain_indexes_and_keeps_unique_ones(
+    tmp_path: Path,
+) -> None:
+    """The app's non-unique indexes of an empty table are dropped for the snapshot's copy and
+    built again after it in the same transaction (same SQL, same entries); a unique index
+    stays and still refuses what it refused; a table that holds rows keeps its indexes."""
+    w = ChangesWorker(str(tmp_path / "idx.db"), now_ms=lambda: T0)
+    try:
+        w._conn.execute("CREATE UNIQUE INDEX tasks_title_unique ON tasks(title)")
+        w._conn.execute("CREATE INDEX projects_name ON projects(name)")
+        await w.insert("projects", {"id": "p0", "name": "local", "updated_at": AT})
+
+        def indexes() -> list[tuple[str, str]]:
+            return [
+                tuple(r)
+                for r in w._conn.execute(
+                    "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL "
+                    "ORDER BY name"
+                )
+            ]
+
+        before = indexes()
+        dropped: list[str] = []
+        drop = w._initial._drop_plain_indexes
+
+        def spy(table: Any) -> list[str]:
+            found = drop(table)
+            dropped.extend(found)
+            return found
+
+        w._initial._drop_plain_indexes = spy  # type: ignore[method-assign]
+        await w.begin_initial_sync(5)
+        await w.stage_initial_json(
+            "projects", json.dumps([wire("projects", {"id": "p1", "name": "P", "updated_at": AT})])
+        )
+        await w.stage_initial_json("tasks", json.dumps([wire("tasks", task(i)) for i in range(40)]))
+        await w.commit_initial_sync(5)
+        assert dropped == ["CREATE INDEX tasks_project_id ON tasks(project_id)"]  # projects: rows
+        assert indexes() == before
+        assert w._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        plan = w._conn.execute(
+            "EXPLAIN QUERY PLAN SELECT id FROM tasks WHERE project_id = 'p1'"
+        ).fetchall()
+        assert "tasks_project_id" in str([tuple(r) for r in plan])
+        assert len(await rows(w, "tasks")) == 40
+        with pytest.raises(sqlite3.IntegrityError):
+            await w.insert("tasks", task(99, title="T1"))  # the unique index is still there
+    finally:
+        await w.close()

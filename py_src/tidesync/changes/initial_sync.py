@@ -437,11 +437,14 @@ class InitialSync:
         keys = ", ".join(quote_ident(k) for k in table.primary_key)
         key_of_stage = pk_sql(table, "s")
         where = f"{key_of_stage} NOT IN ({_PENDING_KEYS})" if has_pending else "true"
+        rebuild = self._drop_plain_indexes(table)
         cursor = self._conn.execute(
             f"INSERT INTO {quote_ident(table.name)} ({cols}) SELECT {cols} FROM {stage} AS s "
             f"WHERE {where} ORDER BY s.{quote_ident(_SEQ)} ON CONFLICT ({keys}) {action}",
             (table.name,) if has_pending else (),
         )
+        for create_index in rebuild:
+            self._conn.execute(create_index)
         if cursor.rowcount > 0:
             result.applied += cursor.rowcount
             result.tables.add(table.name)
@@ -454,6 +457,32 @@ class InitialSync:
         ).fetchall()
         for row in rows:
             self._write(table, dict(zip(table.column_names, tuple(row), strict=True)), True, result)
+
+    def _drop_plain_indexes(self, table: TableInfo) -> list[str]:
+        """Drop the app's non-unique indexes of an empty ``table``; their ``CREATE`` SQL.
+
+        Why: SQLite builds an index over rows already there by sorting them, much
+        cheaper than one random B-tree insert per copied row (the snapshot's 100k demo
+        tasks: ~20% of the copy natively).  Only for an empty table (rebuilding a big
+        one would cost more) and only plain indexes: unique ones decide conflicts
+        during the copy.  Same transaction as the copy, so the file never lacks them.
+        """
+        name = quote_ident(table.name)
+        if self._conn.execute(f"SELECT EXISTS (SELECT 1 FROM {name})").fetchone()[0]:
+            return []
+        found = self._conn.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? "
+            "AND sql IS NOT NULL",
+            (table.name,),
+        ).fetchall()
+        unique = {row[1] for row in self._conn.execute(f"PRAGMA index_list({name})") if row[2]}
+        rebuild = []
+        for index_name, sql in found:
+            if index_name in unique:
+                continue
+            self._conn.execute(f"DROP INDEX {quote_ident(index_name)}")
+            rebuild.append(str(sql))
+        return rebuild
 
     def _write(
         self, table: TableInfo, data: dict[str, Any], has_pending: bool, result: BatchResult
