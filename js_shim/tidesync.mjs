@@ -60,6 +60,9 @@
  *   snapshot), "none" (normal boot), "failed" (a stored snapshot did not load; normal
  *   boot); `syncWasm` "shared" when the Sync Worker ran the wasm the Changes Worker
  *   compiled, "compiled" when it compiled its own
+ * @property {string} [earlySocket] the socket the Sync Worker opened before Pyodide was up:
+ *   "adopted" (its first connection), "replaced" (opened for another URL, closed), "dropped"
+ *   (not claimed in time), "waiting", "none"
  */
 
 /** An error raised in Python, carried to the page with its message and type. */
