@@ -164,7 +164,7 @@ class ChangesWorker:
     def _tables_changed(self, tables: Sequence[str], source: str) -> None:
         if not tables:
             return
-        names = tuple(sorted(set(tables)))
+        names = (tables[0],) if len(tables) == 1 else tuple(sorted(set(tables)))
         self._live.tables_changed(names)
         self._tables_listeners.emit(names, source)
 
