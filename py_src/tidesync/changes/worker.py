@@ -242,12 +242,13 @@ class ChangesWorker:
         """
         writer = self._writer
         conn = self._conn
+        cursor = writer.cursor
         writer.touched.start()
-        conn.execute("BEGIN IMMEDIATE")
+        cursor.execute("BEGIN IMMEDIATE")
         try:
             results = [writer.run(op) for op in ops]
-            conn.execute(RESET_CTX_SQL, (self._hlc.last,))
-            conn.execute("COMMIT")
+            cursor.execute(RESET_CTX_SQL, (self._hlc.last,))
+            cursor.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
