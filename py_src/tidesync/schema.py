@@ -71,6 +71,11 @@ class Column:
             return "REAL"
         return "NUMERIC"
 
+    @cached_property
+    def takes_any_text(self) -> bool:
+        """Text is stored as it is (TEXT or BLOB affinity): ``check_value`` passes any ``str``."""
+        return self.affinity in _TEXT_OK
+
 
 @dataclass(frozen=True)
 class TableInfo:
@@ -105,7 +110,7 @@ class TableInfo:
         # an integer in 64-bit range (``bool`` is not ``int`` here: it takes the path below).
         kind = type(value)
         if kind is str:
-            if column.affinity in _TEXT_OK:
+            if column.takes_any_text:
                 return None
         elif kind is int and -(1 << 63) <= value < (1 << 63):
             return None

@@ -17,6 +17,7 @@ from tidesync.changes.browser_entry import (
     conflicts_in,
     decode_from_page,
     encode_for_page,
+    encode_reply,
     parse_pragmas,
     serve_sync_request,
 )
@@ -112,6 +113,94 @@ def test_requests_arrive_as_json_text_or_objects_and_bad_text_is_an_error() -> N
     assert decode_from_page(json.dumps(request)) == request
     with pytest.raises(ValueError):
         decode_from_page("{not json")
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['{"id":1}', ' {"id":1} ', '{"id":1}\n', '{"id":1}x', '{"id":1}{}', "{", '{"a":}', "[1]", "1"],
+)
+def test_a_request_decodes_as_json_loads_does(text: str) -> None:
+    """``decode_from_page`` calls the scanner itself for ``{...}`` text: the same value, and
+    a ``ValueError`` for whatever ``json.loads`` refuses."""
+    try:
+        expected: Any = json.loads(text)
+    except ValueError:
+        with pytest.raises(ValueError):
+            decode_from_page(text)
+    else:
+        assert decode_from_page(text) == expected
+
+
+_EVENT = {"event": "tables_changed", "tables": ["tasks"], "source": "local"}
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"id": 1, "ok": True, "result": {"rowsAffected": 1, "lastInsertRowid": 12}},
+        {
+            "id": 1,
+            "ok": True,
+            "result": {"rowsAffected": 1, "lastInsertRowid": 12},
+            "events": [_EVENT],
+        },
+        {
+            "id": -5,
+            "ok": True,
+            "result": {"rowsAffected": 0, "lastInsertRowid": None},
+            "events": [],
+        },
+        {"id": 2, "ok": True, "result": {"rowsAffected": 1, "lastInsertRowid": 10**15 - 1}},
+        {"id": 2, "ok": True, "result": {"rowsAffected": 1, "lastInsertRowid": 10**15}},
+        {"id": 2, "ok": True, "result": {"rowsAffected": 1, "lastInsertRowid": 2**53 + 1}},
+        {"id": 10**16, "ok": True, "result": {"rowsAffected": 1, "lastInsertRowid": 1}},
+        {"id": "7", "ok": True, "result": {"rowsAffected": 1, "lastInsertRowid": 1}},
+        {"id": None, "ok": True, "result": {"rowsAffected": 1, "lastInsertRowid": 1}},
+        {"id": True, "ok": True, "result": {"rowsAffected": 1, "lastInsertRowid": 1}},
+        {"id": 3, "ok": True, "result": {"rowsAffected": True, "lastInsertRowid": 1}},
+        {"id": 3, "ok": True, "result": {"lastInsertRowid": 1, "rowsAffected": 1}},
+        {"id": 3, "ok": True, "result": {"rowsAffected": 1, "lastInsertRowid": 1, "x": 2}},
+        {"id": 3, "ok": True, "result": [{"v": 1}]},
+        {"id": 3, "ok": False, "error": {"type": "WriteError", "message": "no"}},
+        {"ok": True, "id": 3, "result": {"rowsAffected": 1, "lastInsertRowid": 1}},
+        {
+            "id": 3,
+            "ok": True,
+            "result": {"rowsAffected": 1, "lastInsertRowid": 1},
+            "events": [{**_EVENT, "tables": ["projects", "tasks"]}, {**_EVENT, "source": "server"}],
+        },
+        {
+            "id": 3,
+            "ok": True,
+            "result": {"rowsAffected": 1, "lastInsertRowid": 1},
+            "events": [{"source": "local", "tables": ["tasks"], "event": "tables_changed"}],
+        },
+        {
+            "id": 3,
+            "ok": True,
+            "result": {"rowsAffected": 1, "lastInsertRowid": 1},
+            "events": [{**_EVENT, "tables": ["t1234567890123456"]}],
+        },
+        {
+            "id": 3,
+            "ok": True,
+            "result": {"rowsAffected": 1, "lastInsertRowid": 1},
+            "events": [{**_EVENT, "tables": ['t"\u00e9\n']}],
+        },
+        {
+            "id": 3,
+            "ok": True,
+            "result": {"rowsAffected": 1, "lastInsertRowid": 1},
+            "events": [{**_EVENT, "tables": [1]}],
+        },
+        {"id": 3, "ok": True, "result": {"rowsAffected": 1, "lastInsertRowid": 1}, "events": "x"},
+    ],
+)
+def test_a_write_reply_is_encoded_as_encode_for_page_does(message: dict[str, Any]) -> None:
+    """``encode_reply`` (one-row writes, no JSON encoder) gives ``encode_for_page``'s text,
+    None included (the structured path), twice (the second from its event cache)."""
+    assert encode_reply(message) == encode_for_page(message)
+    assert encode_reply(message) == encode_for_page(message)
 
 
 # --- RequestRunner: run to the end at once when nothing waits, in order otherwise ------------

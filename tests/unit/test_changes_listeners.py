@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from tidesync.changes.listeners import Listeners
@@ -30,3 +32,23 @@ def test_unsubscribe_stops_further_calls_and_is_idempotent() -> None:
     remove()
     listeners.emit(2)
     assert heard == [1] and len(listeners) == 0
+
+
+def test_an_emit_calls_the_listeners_of_when_it_started() -> None:
+    """A listener added or removed by another during an emit takes effect from the next."""
+    heard: list[str] = []
+    listeners: Listeners[[int]] = Listeners()
+    removes: list[Callable[[], None]] = []
+
+    def first(n: int) -> None:
+        heard.append(f"first {n}")
+        removes[0]()  # unsubscribes ``second``
+        listeners.add(lambda n: heard.append(f"late {n}"))
+
+    listeners.add(first)
+    removes.append(listeners.add(lambda n: heard.append(f"second {n}")))
+    listeners.emit(1)
+    assert heard == ["first 1", "second 1"]
+    heard.clear()
+    listeners.emit(2)
+    assert heard == ["first 2", "late 2"]

@@ -357,3 +357,78 @@ async def test_a_local_changes_table_with_autoincrement_is_rebuilt_without_it(
     again = ChangesWorker(path, now_ms=fixed_clock())  # nothing left to migrate
     assert len(await changes(again)) == 4
     await again.close()
+
+
+@pytest.mark.parametrize("op", ["insert", "upsert"])
+@pytest.mark.parametrize(
+    "row",
+    [
+        {"id": "t9", "project_id": None, "title": "T", "done": 1},
+        {"id": None, "project_id": None, "title": "T", "done": 0},
+        {"id": "t9", "project_id": None, "title": None, "done": 0},
+        {"id": "t9", "project_id": None, "title": "T", "done": "yes"},
+        {"id": "t9", "project_id": None, "title": "T", "done": 1 << 63},
+        {"id": "t9", "project_id": None, "title": "T", "done": float("nan")},
+        {"id": "t9", "project_id": None, "title": "T", "done": True},
+        {"id": "t9", "project_id": None, "title": 5, "done": 2.5},
+        {"id": "t9", "project_id": None, "title": b"T", "done": 0},
+        {"id": "t9", "project_id": None, "title": "T", "done": [1]},
+    ],
+)
+async def test_a_known_column_list_is_checked_as_the_first_row_of_it_was(
+    tmp_path: Path, op: str, row: dict[str, Any]
+) -> None:
+    """Inserts/upserts keep a plan per column list (``LocalWriter._write_row``): a row
+    written with a known list gets the same error, or the same row and record, as the
+    first row of that list, which is checked in full (``validate_change_data``)."""
+    outcomes = []
+    for warm in (False, True):
+        w = ChangesWorker(str(tmp_path / f"{op}-{warm}.db"), now_ms=fixed_clock())
+        try:
+            if warm:  # the same column list, in the same order, written once before
+                await w.run_transaction(
+                    [WriteOp(op, "tasks", {"id": "t0", "project_id": None, "title": "", "done": 0})]
+                )
+                await w.execute("DELETE FROM tasks")
+            try:
+                result: Any = await w.run_transaction([WriteOp(op, "tasks", dict(row))])
+            except (WriteError, sqlite3.Error) as exc:
+                result = (type(exc).__name__, str(exc))
+            rows = await w.query("SELECT id, project_id, title, done FROM tasks")
+            records = [
+                (c["operation"], {k: v for k, v in c["data"].items() if k != "updated_at"})
+                for c in (await changes(w))[2 if warm else 0 :]
+            ]
+            outcomes.append((result, rows, records))
+        finally:
+            await w.close()
+    assert outcomes[0] == outcomes[1]
+
+
+async def test_a_row_that_names_updated_at_is_stamped_in_its_place(worker: ChangesWorker) -> None:
+    for i in range(2):  # the second write goes through the plan the first one made
+        row = {"id": f"p{i}", "updated_at": "2000-01-01T00:00:00.000Z", "name": "P"}
+        await worker.insert("projects", row)
+        await worker.upsert("projects", row)
+    rows = await worker.query("SELECT id, name, updated_at FROM projects ORDER BY id")
+    stamped = [r["updated_at"] for r in rows]
+    assert all(parse_timestamp(t) >= T0 for t in stamped)
+    records = await changes(worker)
+    assert [r["data"]["updated_at"] for r in records] == [r["updated_at"] for r in records]
+    assert row == {"id": "p1", "updated_at": "2000-01-01T00:00:00.000Z", "name": "P"}
+
+
+async def test_a_local_write_commits_ts_ctx_as_other_programs_need_it(
+    worker: ChangesWorker,
+) -> None:
+    """Committed state after a local write: ``applying = 0, now = NULL`` (another program's
+    write gets the wall clock) and the clock persisted in ``hlc``."""
+    from tidesync.changes.worker_processor import write_now
+
+    request = {"id": 1, "cmd": "insert", "args": {"table": "projects", "row": {"id": "p"}}}
+    request["args"]["row"]["name"] = "P"  # type: ignore[index]
+    assert write_now(worker, request) is not None
+    await worker.insert("projects", {"id": "q", "name": "Q"})
+    ctx = await worker.query("SELECT applying, now, hlc FROM _ts_ctx")
+    assert ctx == [{"applying": 0, "now": None, "hlc": worker._hlc.last}]
+    assert worker._hlc.last == T0 + 1

@@ -22,6 +22,8 @@ from contextlib import contextmanager
 
 __all__ = [
     "DEFAULT_PRAGMAS",
+    "RESET_CTX_SQL",
+    "SET_NOW_SQL",
     "get_state",
     "open_connection",
     "set_now",
@@ -37,6 +39,11 @@ DEFAULT_PRAGMAS: Mapping[str, str | int] = {
     "busy_timeout": 5000,
 }
 _PRAGMA_VALUE = re.compile(r"^[A-Za-z0-9_\-]{1,32}$")
+
+# ``set_now``; and the statement that ends every write transaction that persists the clock
+# (``write_transaction(clock=...)``, ``ChangesWorker._commit_ops``), binding the clock.
+SET_NOW_SQL = "UPDATE _ts_ctx SET applying = 0, now = ? WHERE id = 1"
+RESET_CTX_SQL = "UPDATE _ts_ctx SET applying = 0, now = NULL, hlc = max(hlc, ?) WHERE id = 1"
 
 
 def open_connection(
@@ -85,7 +92,7 @@ def set_now(conn: sqlite3.Connection, iso_time: str) -> None:
     Also sets ``applying = 0``: every local write statement comes through here, so a
     local transaction needs no statement of its own to switch the triggers on.
     """
-    conn.execute("UPDATE _ts_ctx SET applying = 0, now = ? WHERE id = 1", (iso_time,))
+    conn.execute(SET_NOW_SQL, (iso_time,))
 
 
 @contextmanager
@@ -115,10 +122,7 @@ def write_transaction(
             if clock is None:
                 conn.execute("UPDATE _ts_ctx SET applying = 0, now = NULL WHERE id = 1")
             else:
-                conn.execute(
-                    "UPDATE _ts_ctx SET applying = 0, now = NULL, hlc = max(hlc, ?) WHERE id = 1",
-                    (int(clock()),),
-                )
+                conn.execute(RESET_CTX_SQL, (int(clock()),))
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:

@@ -22,19 +22,23 @@ class Listeners(Generic[P]):
     """``add`` returns an unsubscribe function; ``emit`` calls every listener in order."""
 
     def __init__(self) -> None:
-        self._callbacks: list[Callable[P, None]] = []
+        # A tuple, replaced whole by ``add`` and ``remove``: ``emit`` runs the listeners of
+        # when it started without copying them (it runs after every local commit).
+        self._callbacks: tuple[Callable[P, None], ...] = ()
 
     def add(self, callback: Callable[P, None]) -> Callable[[], None]:
-        self._callbacks.append(callback)
+        self._callbacks = (*self._callbacks, callback)
 
         def remove() -> None:
             if callback in self._callbacks:
-                self._callbacks.remove(callback)
+                callbacks = list(self._callbacks)
+                callbacks.remove(callback)
+                self._callbacks = tuple(callbacks)
 
         return remove
 
     def emit(self, *args: P.args, **kwargs: P.kwargs) -> None:
-        for callback in list(self._callbacks):
+        for callback in self._callbacks:
             try:
                 callback(*args, **kwargs)
             except Exception:

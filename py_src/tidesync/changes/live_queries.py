@@ -84,6 +84,8 @@ class LiveQueries:
 
     def tables_changed(self, tables: Sequence[str]) -> int:
         """Re-run affected subscriptions; return how many emitted new rows."""
+        if not self._subs:
+            return 0
         changed = set(tables)
         emitted = 0
         for sub in list(self._subs.values()):

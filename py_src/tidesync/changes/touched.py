@@ -46,7 +46,8 @@ class TouchedTables:
         """Call before a typed write ``op`` of ``table`` runs."""
         if self._since is not None:
             return
-        self._load()
+        if self._parents is None:
+            self._load()
         if self._app_triggers or (op != "insert" and table.lower() in (self._parents or ())):
             self._since = self._max_seq()
 

@@ -364,20 +364,28 @@ def write_now(worker: ChangesWorker, request: dict[str, Any]) -> dict[str, Any] 
     Why: ``db.insert/update/delete/upsert`` from the page is the hot path, and the
     coroutines around the same transaction cost about as much as its SQL in Pyodide.
     The same checks (``_str``, ``_row``, as ``Insert.from_args``), the same transaction
-    (``ChangesWorker.write_now``) and the same reply.
+    (``ChangesWorker.write_row``) and the same reply.
     """
-    cls = _ONE_ROW_WRITES.get(request.get("cmd"))  # type: ignore[arg-type]
+    cmd = request.get("cmd")
     args = request.get("args")
-    if cls is None or not isinstance(args, dict) or worker.busy:
+    if type(cmd) is not str or cmd not in _ONE_ROW_WRITES or type(args) is not dict or worker.busy:
         return None
     request_id = request.get("id")
     try:
-        results = worker.write_now([WriteOp(cls.NAME, _str(args, "table"), _row(args))])
+        # ``_row`` without its copy: the writer copies the row before it stamps it.
+        table = _str(args, "table")
+        row = args.get("row")
+        if type(row) is not dict:
+            row = _row(args)  # raises the same error
+        for name in row:
+            if type(name) is not str:
+                row = _row(args)  # raises the same error
+        result = worker.write_row(cmd, table, row)
     except Exception as exc:
-        return _error_reply(request_id, cls.NAME, exc)
-    if results is None:  # not reached: ``busy`` was checked, and nothing ran since
+        return _error_reply(request_id, cmd, exc)
+    if result is None:  # not reached: ``busy`` was checked, and nothing ran since
         return None
-    return {"id": request_id, "ok": True, "result": results[0]}
+    return {"id": request_id, "ok": True, "result": result}
 
 
 def _error_reply(request_id: Any, cmd: Any, exc: Exception) -> dict[str, Any]:

@@ -14,10 +14,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tidesync.changes.db import set_now
+from tidesync.changes.db import SET_NOW_SQL, set_now
 from tidesync.changes.local_schema import INTERNAL_TABLES
 from tidesync.changes.touched import TouchedTables
-from tidesync.schema import Schema, TableInfo, quote_ident
+from tidesync.schema import Column, Schema, TableInfo, quote_ident
 
 __all__ = [
     "LocalWriter",
@@ -59,10 +59,25 @@ _READ_PRAGMAS = frozenset(
 
 
 _SQL_CACHE_SIZE = 256
+_INT64 = (-(1 << 63), 1 << 63)
 
 
 class WriteError(ValueError):
     """A write the app asked for that does not fit the schema (nothing was written)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _RowPlan:
+    """What a typed insert/upsert of one table and column list (in order) needs, made the
+    first time that list passed ``validate_change_data``: the names are the schema's, the
+    key columns are there and the required ones too; only the values are checked again."""
+
+    info: TableInfo
+    sql: str
+    columns: tuple[Column, ...]  # of the row's names, in order
+    text_ok: tuple[bool, ...]  # per column: ``Column.takes_any_text``
+    key_at: tuple[int, ...]  # positions of the primary key columns
+    stamp_at: int | None  # where ``updated_at`` goes in the values (== len: appended)
 
 
 @dataclass(frozen=True)
@@ -131,13 +146,16 @@ class LocalWriter:
 
     def __init__(self, conn: sqlite3.Connection, schema: Schema, tick: Callable[[], str]) -> None:
         self._conn = conn
+        # One cursor for the statements of local transactions (``ChangesWorker._commit_ops``
+        # too): ``Connection.execute`` makes a cursor per statement, ~1-2.5 us each of
+        # a one-row write's five in Pyodide.  Only writes: nothing is left to fetch.
+        self.cursor = conn.cursor()
         self._schema = schema
         self._tick = tick
         self.touched = TouchedTables(conn)
-        # SQL text of typed writes by (op, table, columns): an app writes a table with the
-        # same few column sets over and over, and quoting them anew cost a few percent of
-        # a one-row insert's Python time.  Names are the schema's, checked before use.
-        self._sql: dict[tuple[str, str, tuple[str, ...]], str] = {}
+        # Typed inserts/upserts by (op, table, the row's column names in order): see
+        # ``_write_row``.  Names are the schema's, checked before use.
+        self._plans: dict[tuple[str, str, tuple[str, ...]], _RowPlan] = {}
 
     def run(self, op: WriteOp) -> WriteResult:
         if op.op == "execute":
@@ -148,6 +166,8 @@ class LocalWriter:
             raise WriteError(f"unknown operation {str(op.op)[:40]!r}")
         if op.row is None:
             raise WriteError(f"{op.op} needs a row")
+        if op.op == "insert" or op.op == "upsert":  # ``insert``/``upsert`` without their frame
+            return self._write_row(op.op, op.table, op.row)
         method: Callable[[Any, Mapping[str, Any]], WriteResult] = getattr(self, op.op)
         return method(op.table, op.row)
 
@@ -163,27 +183,85 @@ class LocalWriter:
         return {"rowsAffected": max(cursor.rowcount, 0), "lastInsertRowid": cursor.lastrowid}
 
     def insert(self, table: object, row: Mapping[str, Any]) -> WriteResult:
-        info, data = self._prepare(table, row, full_row=True)
-        cols = tuple(data)
-        key = ("insert", info.name, cols)
-        sql = self._sql.get(key)
-        if sql is None:
-            sql = self._remember(
-                key,
-                f"INSERT INTO {quote_ident(info.name)} ({_idents(cols)}) VALUES ({_marks(cols)})",
-            )
-        return self._run(info, "insert", sql, list(data.values()))
+        return self._write_row("insert", table, row)
 
     def upsert(self, table: object, row: Mapping[str, Any]) -> WriteResult:
         """Insert, or update the row with the same key (never REPLACE: that would cascade)."""
+        return self._write_row("upsert", table, row)
+
+    def _write_row(self, op: str, table: object, row: Mapping[str, Any]) -> WriteResult:
+        """``insert`` or ``upsert`` of ``row``: checked, stamped with a fresh time, written.
+
+        Why a plan per (op, table, column list): an app writes a table with the same few
+        column lists over and over, and checking the names against the schema and making
+        the SQL text again was most of a one-row insert's Python in Pyodide.  The checks
+        and their messages are ``validate_change_data``'s, in its order (key present,
+        then each value, then required columns, which a known list always passes).
+        """
+        plan = None
+        if type(table) is str and type(row) is dict:
+            plan = self._plans.get((op, table, tuple(row)))
+        if plan is None:
+            return self._write_new_row(op, table, row)
+        values = list(row.values())
+        for at in plan.key_at:
+            if values[at] is None:
+                name = plan.columns[at].name
+                raise WriteError(f"primary key column '{name}' missing from data")
+        info = plan.info
+        low, high = _INT64
+        for column, text_ok, value in zip(plan.columns, plan.text_ok, values, strict=True):
+            kind = type(value)  # ``check_value``'s own fast path, without its call
+            if (kind is str and text_ok) or (kind is int and low <= value < high):
+                continue
+            problem = info.check_value(column, value)
+            if problem:
+                raise WriteError(problem)
+        now = self._tick()
+        stamp_at = plan.stamp_at
+        if stamp_at is not None:
+            if stamp_at < len(values):
+                values[stamp_at] = now
+            else:
+                values.append(now)
+        cursor = self.cursor
+        cursor.execute(SET_NOW_SQL, (now,))
+        touched = self.touched
+        touched.before(info.name, op)
+        cursor.execute(plan.sql, values)
+        rowcount = cursor.rowcount
+        touched.after(info.name, rowcount)
+        return {"rowsAffected": rowcount, "lastInsertRowid": cursor.lastrowid}
+
+    def _write_new_row(self, op: str, table: object, row: Mapping[str, Any]) -> WriteResult:
+        """``_write_row`` the first time (or for a table name that is not text): checked in
+        full, then its plan is kept when the row fits."""
         info, data = self._prepare(table, row, full_row=True)
         cols = tuple(data)
-        key = ("upsert", info.name, cols)
-        sql = self._sql.get(key)
-        if sql is None:
+        if op == "insert":
+            sql = f"INSERT INTO {quote_ident(info.name)} ({_idents(cols)}) VALUES ({_marks(cols)})"
+        else:
             others = [c for c in cols if c not in info.primary_key]
-            sql = self._remember(key, upsert_sql(info, cols, others))
-        return self._run(info, "upsert", sql, list(data.values()))
+            sql = upsert_sql(info, cols, others)
+        result = self._run(info, op, sql, list(data.values()))
+        if type(table) is str and type(row) is dict:
+            names = tuple(row)
+            # All there: ``_prepare`` found every name in the table.
+            columns = tuple(c for c in map(info.column, names) if c is not None)
+            stamp_at = None
+            if info.has_updated_at:
+                stamp_at = names.index("updated_at") if "updated_at" in names else len(names)
+            if len(self._plans) >= _SQL_CACHE_SIZE:  # an app with ever new column lists
+                self._plans.clear()
+            self._plans[(op, table, names)] = _RowPlan(
+                info,
+                sql,
+                columns,
+                tuple(c.takes_any_text for c in columns),
+                tuple(names.index(k) for k in info.primary_key),
+                stamp_at,
+            )
+        return result
 
     def update(self, table: object, row: Mapping[str, Any]) -> WriteResult:
         """``row`` holds the key plus the columns to change."""
@@ -212,7 +290,7 @@ class LocalWriter:
         problem = self._schema.validate_change_data(info, data, full_row=False)
         if problem:
             raise WriteError(problem)
-        set_now(self._conn, self._tick())
+        self.cursor.execute(SET_NOW_SQL, (self._tick(),))
         result = self._run(
             info,
             "delete",
@@ -220,12 +298,6 @@ class LocalWriter:
             list(data.values()),
         )
         return {**result, "lastInsertRowid": None}
-
-    def _remember(self, key: tuple[str, str, tuple[str, ...]], sql: str) -> str:
-        if len(self._sql) >= _SQL_CACHE_SIZE:  # an app with ever new column sets: start over
-            self._sql.clear()
-        self._sql[key] = sql
-        return sql
 
     def _table(self, table: object) -> TableInfo:
         info = self._schema.table(table)
@@ -249,12 +321,13 @@ class LocalWriter:
         now = self._tick()
         if info.has_updated_at:
             data["updated_at"] = now
-        set_now(self._conn, now)
+        self.cursor.execute(SET_NOW_SQL, (now,))
         return info, data
 
     def _run(self, info: TableInfo, op: str, sql: str, params: list[Any]) -> WriteResult:
         self.touched.before(info.name, op)
-        cursor = self._conn.execute(sql, params)
+        cursor = self.cursor
+        cursor.execute(sql, params)
         self.touched.after(info.name, cursor.rowcount)
         return {"rowsAffected": cursor.rowcount, "lastInsertRowid": cursor.lastrowid}
 

@@ -160,7 +160,11 @@ class HybridLogicalClock:
         return self.last
 
     def tick_iso(self) -> str:
-        return format_timestamp(self.tick())
+        """``format_timestamp(self.tick())`` (inlined: a call less per local write)."""
+        now = self.now_ms()
+        last = self.last + 1
+        self.last = now if now > last else last
+        return format_timestamp(self.last)
 
     def observe(self, remote_ms: int) -> None:
         """Never fall behind a time seen from the server (message or change)."""
