@@ -537,6 +537,7 @@ def bench_initial_and_catchup(
             page.wait_for_function(WAIT_LIVE, timeout=TIMEOUT_MS, polling=50)
             b = page.evaluate("bench")
             got = page.evaluate("db.query('SELECT count(*) AS n FROM tasks')")[0]["n"]
+            st = page.evaluate("({timings: db.status.timings, boot: db.status.boot})")
             mem = br.memory()["largest"] or {}
             ms_total = b["tLive"] - b["tOpen"]
             ms_sync = b["tLive"] - b["tReady"]
@@ -549,6 +550,8 @@ def bench_initial_and_catchup(
                     "rows": got,
                     "open_to_live_ms": ms_total,
                     "ready_to_live_ms": ms_sync,
+                    "status_timings": st["timings"],
+                    "boot": st["boot"],
                     "renderer": mem,
                 }
             )

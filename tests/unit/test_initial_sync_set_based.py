@@ -558,3 +558,45 @@ async def test_the_copy_into_an_empty_table_rebuilds_its_plain_indexes_and_keeps
             await w.insert("tasks", task(99, title="T1"))  # the unique index is still there
     finally:
         await w.close()
+
+
+async def test_the_copy_skips_the_recording_insert_trigger_and_puts_it_back_unchanged(
+    tmp_path: Path,
+) -> None:
+    """The snapshot's copy runs without tidesync's ``AFTER INSERT`` recording trigger (it
+    would record nothing, yet its ``WHEN`` ran per row) and the commit holds it again with
+    the same SQL: the snapshot records no local change, a local insert after it does, and an
+    app trigger on the same table still fires during the copy."""
+    w = ChangesWorker(str(tmp_path / "trg.db"), now_ms=lambda: T0)
+    try:
+        # The app's trigger also notes whether the recording trigger exists as it runs.
+        w._conn.execute("CREATE TABLE app_log (task_id TEXT, recording INTEGER)")
+        w._conn.execute(
+            "CREATE TRIGGER app_tasks_log AFTER INSERT ON tasks BEGIN INSERT INTO app_log "
+            "SELECT NEW.id, count(*) FROM sqlite_master WHERE name = '_ts_lc_tasks_insert'; END"
+        )
+
+        def triggers() -> list[tuple[str, str]]:
+            return [
+                tuple(r)
+                for r in w._conn.execute(
+                    "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' ORDER BY name"
+                )
+            ]
+
+        before = triggers()
+        assert any(name == "_ts_lc_tasks_insert" for name, _ in before)
+        await w.begin_initial_sync(5)
+        await w.stage_initial_json("tasks", json.dumps([wire("tasks", task(i)) for i in range(30)]))
+        await w.commit_initial_sync(5)
+        assert triggers() == before
+        assert w._conn.execute("SELECT count(*) FROM local_changes").fetchone()[0] == 0
+        logged = w._conn.execute("SELECT count(*), max(recording) FROM app_log").fetchone()
+        assert tuple(logged) == (30, 0)  # the app trigger ran per row, the recording one did not
+        await w.insert("tasks", task("local", project_id=None))
+        recorded = w._conn.execute(
+            "SELECT table_name, operation FROM local_changes WHERE from_server = 0"
+        ).fetchall()
+        assert [tuple(r) for r in recorded] == [("tasks", "insert")]
+    finally:
+        await w.close()

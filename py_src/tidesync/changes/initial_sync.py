@@ -150,7 +150,7 @@ def _unfit_rows(plan: _Plan, rows: Sequence[Sequence[Any]]) -> set[int]:
         if not kinds <= allowed:
             unfit.update(i for i, v in enumerate(values) if type(v) not in allowed)
         if int in kinds:
-            ints = [v for v in values if type(v) is int]
+            ints = values if len(kinds) == 1 else [v for v in values if type(v) is int]
             if min(ints) < _MIN_INT or max(ints) > _MAX_INT:
                 unfit.update(
                     i
@@ -437,7 +437,7 @@ class InitialSync:
         keys = ", ".join(quote_ident(k) for k in table.primary_key)
         key_of_stage = pk_sql(table, "s")
         where = f"{key_of_stage} NOT IN ({_PENDING_KEYS})" if has_pending else "true"
-        rebuild = self._drop_plain_indexes(table)
+        rebuild = self._drop_plain_indexes(table) + self._drop_insert_trigger(table)
         cursor = self._conn.execute(
             f"INSERT INTO {quote_ident(table.name)} ({cols}) SELECT {cols} FROM {stage} AS s "
             f"WHERE {where} ORDER BY s.{quote_ident(_SEQ)} ON CONFLICT ({keys}) {action}",
@@ -483,6 +483,25 @@ class InitialSync:
             self._conn.execute(f"DROP INDEX {quote_ident(index_name)}")
             rebuild.append(str(sql))
         return rebuild
+
+    def _drop_insert_trigger(self, table: TableInfo) -> list[str]:
+        """Drop ``table``'s recording ``AFTER INSERT`` trigger; its ``CREATE`` SQL.
+
+        Why: the copy runs with ``applying`` set, so the trigger records nothing, but
+        SQLite still evaluates its ``WHEN`` (a subquery on ``_ts_ctx``) once per copied
+        row: about a third of the copy of the snapshot's 100k demo tasks.  It is
+        created again from its own SQL in the same transaction, so the file never
+        lacks it.  Only tidesync's own trigger: an app trigger runs as always.
+        """
+        found = self._conn.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ? "
+            "AND name = ? AND sql IS NOT NULL",
+            (table.name, f"_ts_lc_{table.name}_insert"),
+        ).fetchone()
+        if found is None:
+            return []
+        self._conn.execute(f"DROP TRIGGER {quote_ident(found[0])}")
+        return [str(found[1])]
 
     def _write(
         self, table: TableInfo, data: dict[str, Any], has_pending: bool, result: BatchResult
