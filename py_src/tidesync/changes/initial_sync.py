@@ -49,7 +49,7 @@ from typing import Any
 
 from tidesync.changes.db import set_state, write_transaction
 from tidesync.changes.direct_sql_processor import BatchResult, DirectSqlProcessor
-from tidesync.changes.local_schema import pk_sql
+from tidesync.changes.local_schema import pk_sql, recording_trigger_name
 from tidesync.schema import Schema, TableInfo, quote_ident
 from tidesync.worker_sync.shared.hlc import is_canonical_timestamp
 from tidesync.worker_sync.shared.message_types import TableChange
@@ -150,7 +150,7 @@ def _unfit_rows(plan: _Plan, rows: Sequence[Sequence[Any]]) -> set[int]:
         if not kinds <= allowed:
             unfit.update(i for i, v in enumerate(values) if type(v) not in allowed)
         if int in kinds:
-            ints = values if len(kinds) == 1 else [v for v in values if type(v) is int]
+            ints = [v for v in values if type(v) is int]
             if min(ints) < _MIN_INT or max(ints) > _MAX_INT:
                 unfit.update(
                     i
@@ -496,7 +496,7 @@ class InitialSync:
         found = self._conn.execute(
             "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ? "
             "AND name = ? AND sql IS NOT NULL",
-            (table.name, f"_ts_lc_{table.name}_insert"),
+            (table.name, recording_trigger_name(table, "insert")),
         ).fetchone()
         if found is None:
             return []

@@ -38,6 +38,7 @@ __all__ = [
     "migrate_local_tables",
     "pk_sql",
     "prepare_database",
+    "recording_trigger_name",
     "sql_literal",
 ]
 
@@ -141,8 +142,15 @@ def _record_sql(table: TableInfo, operation: str, row: str, data_sql: str, where
     )
 
 
+def recording_trigger_name(table: TableInfo, op: str) -> str:
+    """The name (unquoted) of ``table``'s trigger that records ``op`` in ``local_changes``."""
+    return f"_ts_lc_{table.name}_{op}"
+
+
 def _trigger_names(table: TableInfo) -> dict[str, str]:
-    return {op: quote_ident(f"_ts_lc_{table.name}_{op}") for op in ("insert", "update", "delete")}
+    return {
+        op: quote_ident(recording_trigger_name(table, op)) for op in ("insert", "update", "delete")
+    }
 
 
 def _triggers_sql(table: TableInfo) -> list[str]:
