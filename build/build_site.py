@@ -6,12 +6,14 @@ Layout produced::
     _site/
       index.html ...          copied from web_demo/ (the demo page, if any)
       manifest.json           {"pyodide", "wheel": "wheels/<file>.whl", "wheelSha256",
-                              "stdlibSha256", "version", "files"}
+                              "stdlibSha256", "snapshot", "version", "files"}
       pyodide/                pyodide.mjs, pyodide.asm.mjs, pyodide.asm.wasm,
                               pyodide-lock.json (npm package, pinned), python_stdlib.zip
                               (the package's, compiled to bytecode)
       wheels/tidesync-*.whl   the pure-Python wheel built from this repository (plus bytecode)
       js/                     js_shim/ (worker bootstraps, OPFS file system, page API)
+      snapshot/<key>.bin.gz   opt-in: the workers' Pyodide memory snapshot for a first
+                              visit, taken under Node by build/make_snapshot.mjs (gzipped)
 
 Pyodide comes from the npm package ``pyodide`` pinned in build/package.json and
 build/package-lock.json; ``npm ci --prefix build`` runs only when the installed
@@ -25,6 +27,15 @@ Bytecode: Pyodide's npm package ships the stdlib as sources, which every cold bo
 compiled again in wasm. build/precompile.mjs runs the pinned Pyodide under Node to
 serve ``pyodide/python_stdlib.zip`` as ``.pyc`` (Pyodide's own "pyc" distribution)
 and to add ``__pycache__`` bytecode to the wheel (sources kept); see precompile.py.
+
+Memory snapshot (opt-in, ``TIDESYNC_SITE_SNAPSHOT=1``): a first visit has no stored
+snapshot and boots the interpreter and imports every module before anything is readable.
+build/make_snapshot.mjs takes that heap at build time (the site's own Pyodide, stdlib,
+wheel and js/boot.mjs) and the manifest names it with what it was made from;
+js_shim/boot.mjs restores it when it matches and stores it for the next start. Off by
+default: measured (docs/performance.md) it makes a first visit readable ~0.5 s sooner but
+warm starts ~50-100 ms slower and a first visit's 100k-row initial sync slower, because
+V8 then tiers the wasm up later (during the sync) and caches less optimised code.
 
 Idempotent: running it twice with nothing changed copies nothing and runs neither
 npm nor pip.
@@ -55,6 +66,7 @@ PYODIDE_FILES = (
 # Served compiled (precompile_stdlib), not copied as npm ships it.
 STDLIB = "python_stdlib.zip"
 PRECOMPILE = (BUILD / "precompile.mjs", BUILD / "precompile.py")
+MAKE_SNAPSHOT = BUILD / "make_snapshot.mjs"
 NODE_MODULES = BUILD / "node_modules"
 LOCK_STAMP = NODE_MODULES / ".tidesync-lock.sha256"
 
@@ -224,6 +236,52 @@ def build_wheel(pkg_dir: Path, inputs_hash: str) -> Path:
     return dst
 
 
+# --------------------------------------------------------------------------- snapshot
+
+
+def build_snapshot(wheel: Path) -> dict[str, object] | None:
+    """The site's memory snapshot (``snapshot/<key>.bin.gz``) and its manifest entry.
+
+    Redone when anything the heap holds changes: Pyodide (the lock), the stdlib zip, the
+    wheel, or the boot steps and module list (js_shim/boot.mjs, make_snapshot.mjs). The
+    entry records what it was made from, so a page never restores it with other files.
+    """
+    if os.environ.get("TIDESYNC_SITE_SNAPSHOT", "0") != "1":
+        shutil.rmtree(SITE / "snapshot", ignore_errors=True)
+        return None
+    made_from = {
+        "pyodide": PYODIDE_VERSION,
+        "wheelSha256": sha256_file(wheel),
+        "stdlibSha256": sha256_file(SITE / "pyodide" / STDLIB),
+    }
+    steps = hash_inputs([BUILD / "package-lock.json", MAKE_SNAPSHOT, ROOT / "js_shim" / "boot.mjs"])
+    key = hashlib.sha256(json.dumps([steps, made_from], sort_keys=True).encode()).hexdigest()[:16]
+    out_dir = SITE / "snapshot"
+    dst = out_dir / f"{key}.bin.gz"
+    meta = out_dir / f"{key}.json"
+    if not (dst.exists() and meta.exists()):
+        node = shutil.which("node")
+        if node is None:
+            sys.exit("build_site: node not found (apt-get install nodejs npm)")
+        log("taking the Pyodide memory snapshot")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(dst.name + ".tmp")
+        done = subprocess.run(
+            [node, str(MAKE_SNAPSHOT), str(SITE), str(wheel), str(tmp)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        raw = json.loads(done.stdout.strip().splitlines()[-1])["bytes"]
+        for old in out_dir.iterdir():
+            if old != tmp:
+                old.unlink()
+        os.replace(tmp, dst)
+        meta.write_text(json.dumps({"bytes": raw}) + "\n")
+    raw_bytes = json.loads(meta.read_text())["bytes"]
+    return {"file": f"snapshot/{dst.name}", "bytes": raw_bytes, **made_from}
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -251,10 +309,13 @@ def main() -> int:
     n = sync_tree(ROOT / "web_demo", SITE, prune=False)
     if n:
         log(f"web_demo: copied {n} file(s)")
+    # After js/: the snapshot is taken with the site's own boot.mjs.
+    snapshot = build_snapshot(wheel)
 
     version_inputs = [
         BUILD / "package-lock.json",
         *PRECOMPILE,
+        MAKE_SNAPSHOT,
         *wheel_inputs,
         *tree_files(ROOT / "js_shim"),
         *tree_files(ROOT / "web_demo"),
@@ -273,6 +334,7 @@ def main() -> int:
         "wheelSha256": sha256_file(wheel),
         # The snapshot also holds zipimport's index of this zip: keyed by it too.
         "stdlibSha256": sha256_file(SITE / "pyodide" / STDLIB),
+        **({"snapshot": snapshot} if snapshot else {}),
         "version": hash_inputs(version_inputs)[:16],
         "files": [f for f in shell if not f.endswith((".py", ".md"))],
     }

@@ -63,11 +63,32 @@ const SNAPSHOT_FORMAT = 1;
  * Imported before a snapshot is taken: everything either worker imports to start, so a
  * worker booted from the snapshot imports nothing from source.
  */
-const SNAPSHOT_MODULES = [
+export const SNAPSHOT_MODULES = [
   "tidesync._pyodide",
   "tidesync.changes.browser_entry",
   "tidesync.worker_sync.worker_thread.browser_entry",
 ];
+
+/**
+ * Install the tidesync wheel into a booted Pyodide: it is a pure-Python `py3-none-any`
+ * archive, so unpacking it into site-packages is the whole install.
+ * @param {any} pyodide @param {ArrayBuffer|Uint8Array} wheelBytes
+ */
+export function installWheel(pyodide, wheelBytes) {
+  const sitePackages = pyodide.runPython("import sysconfig; sysconfig.get_path('purelib')");
+  pyodide.unpackArchive(wheelBytes, "wheel", { extractDir: sitePackages });
+}
+
+/**
+ * Import what a snapshot must hold and take it (Pyodide booted with `_makeSnapshot: true`
+ * and the wheel installed). Shared by the browser's boot below and by the build's
+ * `build/make_snapshot.mjs`, so both snapshots hold the same modules.
+ * @param {any} pyodide @returns {Uint8Array}
+ */
+export function takeSnapshot(pyodide) {
+  for (const name of SNAPSHOT_MODULES) pyodide.pyimport(name).destroy();
+  return pyodide.makeMemorySnapshot();
+}
 
 /**
  * @typedef {Object} BootOptions
@@ -80,12 +101,17 @@ const SNAPSHOT_MODULES = [
  *   so the Sync Worker neither waits for the store nor reads it back
  * @property {WebAssembly.Module} [wasmModule] Pyodide's wasm, compiled by another worker
  *   (`pyodide.wasmModule` there): instantiated instead of compiling it again
+ * @property {boolean} [siteSnapshot] with `useSnapshot` and nothing stored yet, restore the
+ *   snapshot the site ships (`manifest.snapshot`, made by the build) when it was made from
+ *   this very Pyodide, stdlib and wheel (default true)
  */
 
 /**
  * @typedef {Object} BootInfo
- * @property {"loaded"|"made"|"none"|"failed"} snapshot how this boot used the snapshot:
- *   booted from it, took a new one, neither, or a stored one failed to load (normal boot)
+ * @property {"loaded"|"site"|"made"|"none"|"failed"} snapshot how this boot used the
+ *   snapshot: booted from the stored one, booted from the site's (first visit; stored for
+ *   the next start when this worker makes snapshots), took a new one, neither, or a stored
+ *   or the site's one failed to load (normal boot)
  * @property {number} millis whole boot, ms
  * @property {string} [error] why a stored snapshot was not used / could not be stored
  * @property {"shared"|"compiled"} [wasm] Pyodide's wasm came from another worker
@@ -126,6 +152,47 @@ async function readSnapshot(key) {
     return null;
   }
   return bytes;
+}
+
+/**
+ * The snapshot the site ships, when the build made one from this manifest's Pyodide,
+ * stdlib and wheel: a promise of its bytes once the server has answered (null when there
+ * is none, or it is stale or missing), so the heap's download and gunzip overlap Pyodide's
+ * own fetches and the wasm compile.
+ *
+ * Why: on a first visit there is no stored snapshot, and a normal boot runs the
+ * interpreter's start-up and imports every module (~0.6 s of CPU on a 2-core machine)
+ * before anything is readable. `build/make_snapshot.mjs` takes the same snapshot under
+ * Node at build time (the heap is the same bytes: one wasm, one stdlib, one wheel); it is
+ * served gzipped (31 MB -> ~6 MB).
+ * @param {string} siteBase
+ * @param {{snapshot?: {file?: string, bytes?: number, wheelSha256?: string,
+ *   stdlibSha256?: string, pyodide?: string}, wheelSha256?: string, stdlibSha256?: string,
+ *   pyodide?: string}} manifest
+ * @returns {Promise<{heap: Promise<Uint8Array>}|null>} (wrapped: an async function
+ *   would wait for the whole download before returning a promise of it)
+ */
+async function siteSnapshot(siteBase, manifest) {
+  const shipped = manifest.snapshot;
+  if (
+    !shipped?.file || !shipped.bytes || typeof DecompressionStream === "undefined" ||
+    shipped.wheelSha256 !== manifest.wheelSha256 ||
+    shipped.stdlibSha256 !== manifest.stdlibSha256 || shipped.pyodide !== manifest.pyodide
+  ) return null;
+  const response = await fetch(new URL(shipped.file, siteBase));
+  if (!response.ok || !response.body) return null;
+  const body = shipped.file.endsWith(".gz")
+    ? response.body.pipeThrough(new DecompressionStream("gzip"))
+    : response.body;
+  const heap = new Response(body).arrayBuffer().then((buffer) => {
+    // A short heap would boot a broken Python: the build records the length.
+    if (buffer.byteLength !== shipped.bytes) {
+      throw new Error(`site snapshot: ${buffer.byteLength} bytes, expected ${shipped.bytes}`);
+    }
+    return new Uint8Array(buffer);
+  });
+  heap.catch(() => {}); // awaited by the boot; a failure is reported there, once
+  return { heap };
 }
 
 /**
@@ -233,39 +300,54 @@ export async function bootPyodide(siteBase, options = {}) {
   /** @type {Uint8Array|null} */
   let snapshotBytes = null;
   let module = options.wasmModule ?? null;
+  /** @type {Promise<void>} */
+  let stored = Promise.resolve();
   if (key && options.useSnapshot) {
+    /** @type {"loaded"|"site"} */
+    let source = "loaded";
     try {
-      const bytes = options.snapshot ?? (await readSnapshot(key));
+      /** @type {Uint8Array|Promise<Uint8Array>|null} */
+      let bytes = options.snapshot ?? (await readSnapshot(key));
+      if (!bytes && options.siteSnapshot !== false) {
+        bytes = (await siteSnapshot(siteBase, manifest))?.heap ?? null;
+        source = "site";
+      }
       if (bytes) {
         ({ pyodide, module } = await loadPyodideWith({ indexURL, _loadSnapshot: bytes }, module));
+        const heap = await bytes; // settled: Pyodide restored from it
         // Pyodide keeps its config for the instance's life: let the 30 MB copy go.
         delete pyodide._api.config._loadSnapshot;
         const missing = pyodide.runPython(
           `import sys; [m for m in ${JSON.stringify(SNAPSHOT_MODULES)} if m not in sys.modules]`,
         );
         if (missing.length) throw new Error(`snapshot lacks ${missing.join(", ")}`);
-        info.snapshot = "loaded";
-        snapshotBytes = bytes;
+        info.snapshot = source;
+        snapshotBytes = heap;
+        if (source === "site" && options.makeSnapshot) {
+          // Stored for the next start, as a snapshot this worker took would be.
+          stored = storeSnapshot(key, heap).catch((err) => {
+            console.warn("tidesync: could not store the boot snapshot", err);
+            info.error = String(err);
+          });
+        }
       }
     } catch (err) {
       // Never trust it again: a normal boot below, and a new snapshot if this worker makes them.
-      console.warn("tidesync: boot snapshot not usable, booting normally", err);
+      console.warn(`tidesync: boot snapshot (${source === "site" ? "the site's" : "stored"}) not usable, booting normally`, err);
       info.snapshot = "failed";
       info.error = String(err);
       pyodide = null;
-      try { await (await snapshotCache())?.delete(key); } catch { /* best effort */ }
+      if (source === "loaded") {
+        try { await (await snapshotCache())?.delete(key); } catch { /* best effort */ }
+      }
     }
   }
-  const make = Boolean(key && options.makeSnapshot && info.snapshot !== "loaded");
+  const make = Boolean(key && options.makeSnapshot && !pyodide);
   if (!pyodide) ({ pyodide, module } = await loadPyodideWith({ indexURL, _makeSnapshot: make }, module));
-  const sitePackages = pyodide.runPython("import sysconfig; sysconfig.get_path('purelib')");
-  pyodide.unpackArchive(await wheelBytes, "wheel", { extractDir: sitePackages });
-  /** @type {Promise<void>} */
-  let stored = Promise.resolve();
+  installWheel(pyodide, await wheelBytes);
   if (make && key) {
     try {
-      for (const name of SNAPSHOT_MODULES) pyodide.pyimport(name).destroy();
-      const bytes = pyodide.makeMemorySnapshot();
+      const bytes = takeSnapshot(pyodide);
       info.snapshot = "made";
       snapshotBytes = bytes;
       stored = storeSnapshot(key, bytes).catch((err) => {

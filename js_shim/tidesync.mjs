@@ -56,9 +56,10 @@
  *   worker), `syncBoot` (the Sync Worker's Pyodide boot), `ready` (open() to local data
  *   readable) and `live` (open() to live), page-side
  * @property {{changes?: string, sync?: string, syncWasm?: string}} boot how each worker
- *   booted Pyodide: "loaded" (from the memory snapshot), "made" (normal boot, then took the
- *   snapshot), "none" (normal boot), "failed" (a stored snapshot did not load; normal
- *   boot); `syncWasm` "shared" when the Sync Worker ran the wasm the Changes Worker
+ *   booted Pyodide: "loaded" (from the memory snapshot), "site" (first visit, from the
+ *   snapshot the site ships: `TIDESYNC_SITE_SNAPSHOT=1 make site`), "made" (normal boot,
+ *   then took the snapshot), "none" (normal boot), "failed" (a snapshot did not load;
+ *   normal boot); `syncWasm` "shared" when the Sync Worker ran the wasm the Changes Worker
  *   compiled, "compiled" when it compiled its own
  * @property {string} [earlySocket] the socket the Sync Worker opened before Pyodide was up:
  *   "adopted" (its first connection), "replaced" (opened for another URL, closed), "dropped"

@@ -7,6 +7,10 @@ for it); the Sync Worker, started once local data is readable, restores that hea
 stored one. The
 snapshot is keyed by the wheel's SHA-256 (a new wheel never restores the old one's
 modules) and a snapshot that does not load falls back to a normal boot.
+
+A site built with ``TIDESYNC_SITE_SNAPSHOT=1`` also ships the snapshot, taken at build
+time under Node (build/make_snapshot.mjs): a first visit restores it instead of booting
+normally, when it was made from the site's own Pyodide, stdlib and wheel.
 """
 
 from __future__ import annotations
@@ -14,8 +18,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 import time
 import zipfile
 from collections.abc import Callable, Iterator
@@ -23,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from browser_harness import CHROMIUM, CHROMIUM_ARGS, SITE_DIR, require_site
+from browser_harness import CHROMIUM, CHROMIUM_ARGS, ROOT, SITE_DIR, require_site
 
 OPEN_DB = """async ({name, url, snapshot = true}) => {
   const {TideSync} = await import('/js/tidesync.mjs');
@@ -206,3 +213,78 @@ def test_without_the_snapshot_both_workers_boot_normally_and_share_the_compiled_
     assert found == [("synced without a snapshot",)]
     assert page.evaluate(SNAPSHOT_KEYS) == []
     _close(page)
+
+
+def _ship_site_snapshot(site: Path) -> dict[str, Any]:
+    """What ``TIDESYNC_SITE_SNAPSHOT=1 make site`` adds to a site: the real build, run on
+    this copy (nothing else in it changes: the wheel and stdlib stamps match)."""
+    env = {**os.environ, "TIDESYNC_SITE_DIR": str(site), "TIDESYNC_SITE_SNAPSHOT": "1"}
+    subprocess.run(
+        [sys.executable, str(ROOT / "build" / "build_site.py")],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    shipped = _manifest(site)["snapshot"]
+    assert (site / shipped["file"]).exists()
+    return shipped  # type: ignore[no-any-return]
+
+
+def test_a_first_visit_restores_the_snapshot_the_site_ships(
+    context: Any, server: Any, site_copy: Path
+) -> None:
+    shipped = _ship_site_snapshot(site_copy)
+    assert shipped["wheelSha256"] == _manifest(site_copy)["wheelSha256"]
+    page = _open(context, server)
+    # Nothing stored yet: the Changes Worker restored the site's heap (no normal boot)
+    # and the Sync Worker the same heap, handed over.
+    assert _boot(page) == {"changes": "site", "sync": "loaded", "syncWasm": "shared"}
+    page.evaluate("db.insert('tasks', {id: 'site-1', title: 'from a site snapshot boot'})")
+    page.wait_for_function(LIVE, timeout=TIMEOUT_MS)
+    with contextlib.closing(sqlite3.connect(server.db_path)) as conn:
+        found = conn.execute("SELECT title FROM tasks WHERE id = 'site-1'").fetchall()
+    assert found == [("from a site snapshot boot",)]
+    # Stored for the next start, under this wheel's key.
+    keys = _stored_snapshot(page)
+    assert len(keys) == 1 and keys[0].endswith(_manifest(site_copy)["wheelSha256"])
+    before = _tasks(page)
+    _close(page)
+
+    page = _open(context, server)
+    assert _boot(page) == {"changes": "loaded", "sync": "loaded", "syncWasm": "shared"}
+    assert _tasks(page) == before
+    _close(page)
+
+
+def test_a_site_snapshot_of_another_wheel_or_a_broken_one_is_not_restored(
+    context: Any, server: Any, site_copy: Path
+) -> None:
+    site = site_copy
+    shipped = _ship_site_snapshot(site)
+    # A new wheel deployed without a new snapshot: the manifest's snapshot names the old one.
+    manifest = _manifest(site)
+    wheel = site / manifest["wheel"]
+    with zipfile.ZipFile(wheel, "a") as zf:
+        zf.writestr("tidesync/_deployed_marker.py", "MARK = 3\n")
+    manifest["wheelSha256"] = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    (site / "manifest.json").write_text(json.dumps(manifest))
+    page = _open(context, server)
+    assert _boot(page) == {"changes": "made", "sync": "loaded", "syncWasm": "shared"}
+    page.evaluate("db.insert('tasks', {id: 'site-2', title: 'kept'})")
+    page.wait_for_function(LIVE, timeout=TIMEOUT_MS)
+    _close(page)
+
+    # A matching entry whose file is cut short (a broken deploy): the first visit of a new
+    # context boots normally (a gzip stream that ends early never reaches Python).
+    manifest["snapshot"] = {**shipped, "wheelSha256": manifest["wheelSha256"]}
+    (site / "manifest.json").write_text(json.dumps(manifest))
+    blob = (site / shipped["file"]).read_bytes()
+    (site / shipped["file"]).write_bytes(blob[: len(blob) // 2])
+    fresh = context.browser.new_context()
+    try:
+        page = _open(fresh, server)
+        assert _boot(page) == {"changes": "made", "sync": "loaded", "syncWasm": "shared"}
+        assert {"id": "site-2", "title": "kept"} in _tasks(page)
+        _close(page)
+    finally:
+        fresh.close()
