@@ -164,7 +164,9 @@ async function readSnapshot(key) {
  * interpreter's start-up and imports every module (~0.6 s of CPU on a 2-core machine)
  * before anything is readable. `build/make_snapshot.mjs` takes the same snapshot under
  * Node at build time (the heap is the same bytes: one wasm, one stdlib, one wheel); it is
- * served gzipped (31 MB -> ~6 MB).
+ * served gzipped (31 MB -> ~6 MB). Only sites built with `TIDESYNC_SITE_SNAPSHOT=1` ship
+ * one: skipping that start-up also skips the wasm tier-up it drove, which then lands in the
+ * first sync and in V8's code cache (measured in docs/performance.md).
  * @param {string} siteBase
  * @param {{snapshot?: {file?: string, bytes?: number, wheelSha256?: string,
  *   stdlibSha256?: string, pyodide?: string}, wheelSha256?: string, stdlibSha256?: string,
