@@ -522,6 +522,16 @@ def bench_latency(
 # --------------------------------------------------------------------------- items 2 + 3
 
 
+def _initial_visit(page: Any) -> tuple[dict[str, Any], int, dict[str, Any]]:
+    """Wait for the initial sync opened by ``page`` to be live; its bench marks, the rows it
+    holds, and its status timings and boot kinds."""
+    page.wait_for_function(WAIT_LIVE, timeout=TIMEOUT_MS, polling=50)
+    b = page.evaluate("bench")
+    got = page.evaluate("db.query('SELECT count(*) AS n FROM tasks')")[0]["n"]
+    st = page.evaluate("({timings: db.status.timings, boot: db.status.boot})")
+    return b, got, st
+
+
 def bench_initial_and_catchup(
     pw: Any, site: StaticSite, server: SyncServer, tmp: Path, cfg: dict[str, Any], do_catchup: bool
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -549,11 +559,7 @@ def bench_initial_and_catchup(
                 )
                 prime.evaluate("db.close()")
                 prime.close()
-                page = br.page(url)
-                page.wait_for_function(WAIT_LIVE, timeout=TIMEOUT_MS, polling=50)
-                b = page.evaluate("bench")
-                got = page.evaluate("db.query('SELECT count(*) AS n FROM tasks')")[0]["n"]
-                st = page.evaluate("({timings: db.status.timings, boot: db.status.boot})")
+                b, got, st = _initial_visit(br.page(url))
             finally:
                 br.close()
             ms_total = b["tLive"] - b["tOpen"]
@@ -575,10 +581,7 @@ def bench_initial_and_catchup(
                 last.close()
             br = last = Browser(pw, tmp, f"initial{rep}")
             page = br.page(url)
-            page.wait_for_function(WAIT_LIVE, timeout=TIMEOUT_MS, polling=50)
-            b = page.evaluate("bench")
-            got = page.evaluate("db.query('SELECT count(*) AS n FROM tasks')")[0]["n"]
-            st = page.evaluate("({timings: db.status.timings, boot: db.status.boot})")
+            b, got, st = _initial_visit(page)
             mem = br.memory()["largest"] or {}
             ms_total = b["tLive"] - b["tOpen"]
             ms_sync = b["tLive"] - b["tReady"]

@@ -166,12 +166,17 @@ def sync_tree(src: Path, dst: Path, *, prune: bool = True) -> int:
 # --------------------------------------------------------------------------- wheel
 
 
-def precompile(pkg_dir: Path, *jobs: tuple[str, Path, Path]) -> None:
-    """Compile to bytecode in the pinned Pyodide under Node (build/precompile.py)."""
+def node_binary() -> str:
+    """Node runs the pinned Pyodide at build time (bytecode, the site's snapshot)."""
     node = shutil.which("node")
     if node is None:
         sys.exit("build_site: node not found (apt-get install nodejs npm)")
-    args = [node, str(BUILD / "precompile.mjs"), str(pkg_dir)]
+    return node
+
+
+def precompile(pkg_dir: Path, *jobs: tuple[str, Path, Path]) -> None:
+    """Compile to bytecode in the pinned Pyodide under Node (build/precompile.py)."""
+    args = [node_binary(), str(BUILD / "precompile.mjs"), str(pkg_dir)]
     for kind, src, dst in jobs:
         args += [kind, str(src), str(dst)]
     env = dict(os.environ)
@@ -239,35 +244,28 @@ def build_wheel(pkg_dir: Path, inputs_hash: str) -> Path:
 # --------------------------------------------------------------------------- snapshot
 
 
-def build_snapshot(wheel: Path) -> dict[str, object] | None:
+def build_snapshot(wheel: Path, made_from: dict[str, str]) -> dict[str, object] | None:
     """The site's memory snapshot (``snapshot/<key>.bin.gz``) and its manifest entry.
 
     Redone when anything the heap holds changes: Pyodide (the lock), the stdlib zip, the
-    wheel, or the boot steps and module list (js_shim/boot.mjs, make_snapshot.mjs). The
-    entry records what it was made from, so a page never restores it with other files.
+    wheel (``made_from``: the manifest's version and hashes of them), or the boot steps and
+    module list (js_shim/boot.mjs, make_snapshot.mjs). The entry records ``made_from``, so
+    a page never restores it with other files.
     """
     if os.environ.get("TIDESYNC_SITE_SNAPSHOT", "0") != "1":
         shutil.rmtree(SITE / "snapshot", ignore_errors=True)
         return None
-    made_from = {
-        "pyodide": PYODIDE_VERSION,
-        "wheelSha256": sha256_file(wheel),
-        "stdlibSha256": sha256_file(SITE / "pyodide" / STDLIB),
-    }
     steps = hash_inputs([BUILD / "package-lock.json", MAKE_SNAPSHOT, ROOT / "js_shim" / "boot.mjs"])
     key = hashlib.sha256(json.dumps([steps, made_from], sort_keys=True).encode()).hexdigest()[:16]
     out_dir = SITE / "snapshot"
     dst = out_dir / f"{key}.bin.gz"
     meta = out_dir / f"{key}.json"
     if not (dst.exists() and meta.exists()):
-        node = shutil.which("node")
-        if node is None:
-            sys.exit("build_site: node not found (apt-get install nodejs npm)")
         log("taking the Pyodide memory snapshot")
         out_dir.mkdir(parents=True, exist_ok=True)
         tmp = dst.with_name(dst.name + ".tmp")
         done = subprocess.run(
-            [node, str(MAKE_SNAPSHOT), str(SITE), str(wheel), str(tmp)],
+            [node_binary(), str(MAKE_SNAPSHOT), str(SITE), str(wheel), str(tmp)],
             check=True,
             capture_output=True,
             text=True,
@@ -309,8 +307,16 @@ def main() -> int:
     n = sync_tree(ROOT / "web_demo", SITE, prune=False)
     if n:
         log(f"web_demo: copied {n} file(s)")
+    # What the workers' memory snapshot is keyed by (js_shim/boot.mjs): a snapshot taken
+    # with another wheel's modules imported must never be restored, and the heap also holds
+    # zipimport's index of the stdlib zip.
+    made_from = {
+        "pyodide": PYODIDE_VERSION,
+        "wheelSha256": sha256_file(wheel),
+        "stdlibSha256": sha256_file(SITE / "pyodide" / STDLIB),
+    }
     # After js/: the snapshot is taken with the site's own boot.mjs.
-    snapshot = build_snapshot(wheel)
+    snapshot = build_snapshot(wheel, made_from)
 
     version_inputs = [
         BUILD / "package-lock.json",
@@ -327,13 +333,10 @@ def main() -> int:
         + [p.relative_to(ROOT / "web_demo").as_posix() for p in tree_files(ROOT / "web_demo")]
     )
     manifest = {
-        "pyodide": PYODIDE_VERSION,
+        "pyodide": made_from["pyodide"],
         "wheel": f"wheels/{wheel.name}",
-        # Keys the workers' Pyodide memory snapshot (js_shim/boot.mjs): a snapshot taken
-        # with another wheel's modules imported must never be restored.
-        "wheelSha256": sha256_file(wheel),
-        # The snapshot also holds zipimport's index of this zip: keyed by it too.
-        "stdlibSha256": sha256_file(SITE / "pyodide" / STDLIB),
+        "wheelSha256": made_from["wheelSha256"],
+        "stdlibSha256": made_from["stdlibSha256"],
         **({"snapshot": snapshot} if snapshot else {}),
         "version": hash_inputs(version_inputs)[:16],
         "files": [f for f in shell if not f.endswith((".py", ".md"))],

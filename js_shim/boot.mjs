@@ -310,8 +310,11 @@ export async function bootPyodide(siteBase, options = {}) {
     try {
       /** @type {Uint8Array|Promise<Uint8Array>|null} */
       let bytes = options.snapshot ?? (await readSnapshot(key));
-      if (!bytes && options.siteSnapshot !== false) {
-        bytes = (await siteSnapshot(siteBase, manifest))?.heap ?? null;
+      const shipped = !bytes && options.siteSnapshot !== false
+        ? await siteSnapshot(siteBase, manifest)
+        : null;
+      if (shipped) {
+        bytes = shipped.heap;
         source = "site";
       }
       if (bytes) {

@@ -105,6 +105,18 @@ def _manifest(site: Path) -> dict[str, Any]:
     return json.loads((site / "manifest.json").read_text())  # type: ignore[no-any-return]
 
 
+def _deploy_new_wheel(site: Path, mark: int) -> dict[str, Any]:
+    """Deploy a different wheel at the same origin (one more file in the archive) and
+    return the manifest naming its hash; everything else in the manifest is kept."""
+    manifest = _manifest(site)
+    wheel = site / manifest["wheel"]
+    with zipfile.ZipFile(wheel, "a") as zf:
+        zf.writestr("tidesync/_deployed_marker.py", f"MARK = {mark}\n")
+    manifest["wheelSha256"] = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    (site / "manifest.json").write_text(json.dumps(manifest))
+    return manifest
+
+
 def test_warm_start_boots_both_workers_from_the_snapshot(
     context: Any, server: Any, site_copy: Path
 ) -> None:
@@ -148,13 +160,7 @@ def test_a_new_wheel_never_boots_from_the_old_snapshot(
     _close(page)
     old_sha = _manifest(site)["wheelSha256"]
 
-    # Deploy a different wheel at the same origin (one more file in the archive).
-    manifest = _manifest(site)
-    wheel = site / manifest["wheel"]
-    with zipfile.ZipFile(wheel, "a") as zf:
-        zf.writestr("tidesync/_deployed_marker.py", "MARK = 2\n")
-    manifest["wheelSha256"] = hashlib.sha256(wheel.read_bytes()).hexdigest()
-    (site / "manifest.json").write_text(json.dumps(manifest))
+    manifest = _deploy_new_wheel(site, mark=2)
 
     page = _open(context, server)
     assert _boot(page) == {"changes": "made", "sync": "loaded", "syncWasm": "shared"}
@@ -273,12 +279,7 @@ def test_a_site_snapshot_of_another_wheel_or_a_broken_one_is_not_restored(
     site = site_copy
     shipped = _ship_site_snapshot(site)
     # A new wheel deployed without a new snapshot: the manifest's snapshot names the old one.
-    manifest = _manifest(site)
-    wheel = site / manifest["wheel"]
-    with zipfile.ZipFile(wheel, "a") as zf:
-        zf.writestr("tidesync/_deployed_marker.py", "MARK = 3\n")
-    manifest["wheelSha256"] = hashlib.sha256(wheel.read_bytes()).hexdigest()
-    (site / "manifest.json").write_text(json.dumps(manifest))
+    manifest = _deploy_new_wheel(site, mark=3)
     page = _open(context, server)
     assert _boot(page) == {"changes": "made", "sync": "loaded", "syncWasm": "shared"}
     page.evaluate("db.insert('tasks', {id: 'site-2', title: 'kept'})")
