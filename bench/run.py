@@ -152,7 +152,14 @@ class StaticSite:
 class SyncServer:
     """`python -m tidesync serve` as a subprocess on loopback."""
 
-    def __init__(self, workdir: Path, name: str, tasks: int = 0, heartbeat: float = 5.0):
+    def __init__(
+        self,
+        workdir: Path,
+        name: str,
+        tasks: int = 0,
+        heartbeat: float = 5.0,
+        extra_args: tuple[str, ...] = (),
+    ):
         self.db = workdir / f"{name}.db"
         self.port = free_port()
         self.http_url = f"http://127.0.0.1:{self.port}"
@@ -193,6 +200,7 @@ class SyncServer:
                     "--seed-demo",
                     "--log-level",
                     "WARNING",
+                    *extra_args,
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -612,6 +620,9 @@ def bench_initial_and_catchup(
             "details": details,
             "returning_rows_per_s_open_to_live": summary(returning),
             "returning_details": returning_details,
+            # Initial syncs the server answered from its kept snapshot (snapshot_cache.py):
+            # the first builds it, the later ones (same LSN) splice its encoded chunks.
+            "server_snapshot_cache": server.health().get("snapshotCache"),
             "returning_how": "a new database (new client id, empty) opened in a browser "
             "profile that ran the app once before (another database synced from the same "
             "server to live, then closed: HTTP cache, V8 code cache and the stored Pyodide "
@@ -1100,6 +1111,13 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated connection counts for the server item, e.g. 1000,10000 "
         "(10k took ~4 min to connect here and did not fit in the time budget; opt-in)",
     )
+    ap.add_argument(
+        "--snapshot-cache-mib",
+        type=float,
+        default=None,
+        help="the initial-sync server's --snapshot-cache-mib (default: the server's own; "
+        "0 reads the database for every client, for a side by side)",
+    )
     args = ap.parse_args(argv)
     only = [x.strip() for x in args.only.split(",") if x.strip()]
     unknown = set(only) - set(ITEMS)
@@ -1118,6 +1136,7 @@ def main(argv: list[str] | None = None) -> int:
         "initial_rows": 10_000 if quick else 100_000,
         "catchup_changes": 2_000 if quick else 10_000,
         "server_clients": [int(x) for x in args.server_clients.split(",") if x],
+        "snapshot_cache_mib": args.snapshot_cache_mib,
         "fanout_changes": 5 if quick else 30,
         "fanout_burst": 300 if quick else 2000,
         "server_timeout_s": 600,
@@ -1166,7 +1185,12 @@ def main(argv: list[str] | None = None) -> int:
             results["latency"] = run("latency", lambda: bench_latency(pw, site, small, tmp, cfg))  # type: ignore[arg-type]
             if {"initial", "catchup"} & set(only):
                 log(f"seeding a server with {cfg['initial_rows']:,} tasks")
-                big = SyncServer(tmp, "big", tasks=cfg["initial_rows"])
+                cache_args = (
+                    ()
+                    if args.snapshot_cache_mib is None
+                    else ("--snapshot-cache-mib", str(args.snapshot_cache_mib))
+                )
+                big = SyncServer(tmp, "big", tasks=cfg["initial_rows"], extra_args=cache_args)
                 servers.append(big)
                 pair = run(
                     "initial",

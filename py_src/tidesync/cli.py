@@ -56,6 +56,7 @@ def _serve(args: argparse.Namespace) -> int:
         site_dir=args.site,
         config=config,
         allow_seed=args.allow_seed,
+        snapshot_cache_bytes=int(args.snapshot_cache_mib * (1 << 20)),
     )
     gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
     gc.freeze()  # what import and setup made lives as long as the process: never scan it
@@ -103,6 +104,13 @@ def _parser() -> argparse.ArgumentParser:
         "--no-init-rows",
         action="store_true",
         help="ignore initFormat=rows and send srv_init_changes, as a server without it (tests)",
+    )
+    serve.add_argument(
+        "--snapshot-cache-mib",
+        type=float,
+        default=64,
+        help="keep the newest initial-sync snapshot encoded, up to this size, for the clients "
+        "that join after (0: read the database for every client)",
     )
     serve.add_argument("--log-level", default="INFO")
     serve.set_defaults(func=_serve)

@@ -134,6 +134,31 @@ async def test_initial_sync_of_old_and_new_clients_and_servers_gives_the_same_ro
     await eventually(lambda: _has(writer, "tasks", "from-reader"))
 
 
+async def test_clients_joining_later_get_the_kept_snapshot_and_the_changes_after_it(
+    server: Any, open_client: Open
+) -> None:
+    """The server keeps the first initial sync's chunks encoded (``snapshot_cache.py``);
+    a later client gets them, then catches up on what was written since."""
+    writer = await open_client(server, "writer")
+    ids = await seed_projects(writer, 300)
+    await writer.wait_until_synced(SYNC_TIMEOUT)
+    first = await open_client(server, "first")
+    await first.wait_until_synced(SYNC_TIMEOUT)
+    assert server.health()["snapshotCache"]["kept"] == 1
+    async with writer.transaction() as tx:  # after the kept snapshot, within its tenth
+        for i in range(5):
+            await tx.insert("tasks", {"id": f"late{i}", "project_id": ids[i], "title": "late"})
+        await tx.update("projects", {"id": ids[7], "name": "renamed"})
+        await tx.delete("projects", {"id": ids[8]})
+    await writer.wait_until_synced(SYNC_TIMEOUT)
+    late = await open_client(server, "late")
+    await late.wait_until_synced(SYNC_TIMEOUT)
+    assert server.health()["snapshotCache"]["hits"] == 1
+    for table in ("projects", "tasks"):
+        assert await rows(late, table) == server_rows(server, table)
+    assert late.status.lsn == writer.status.lsn
+
+
 async def _has(client: Client, table: str, key: str) -> bool:
     return bool(await client.query(f"SELECT 1 FROM {table} WHERE id = ?", [key]))
 

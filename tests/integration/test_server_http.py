@@ -16,7 +16,12 @@ def _get(url: str) -> tuple[str, str | None, bytes]:
 
 
 def test_health_reports_lsn_and_clients(server: ServerHandle) -> None:
-    assert server.health() == {"status": "ok", "lsn": "0/0", "clients": 0}
+    assert server.health() == {
+        "status": "ok",
+        "lsn": "0/0",
+        "clients": 0,
+        "snapshotCache": {"hits": 0, "kept": 0, "lsn": None, "rows": 0, "bytes": 0},
+    }
 
 
 def test_site_files_get_module_and_wasm_types_and_cache_rules(

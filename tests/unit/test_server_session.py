@@ -384,21 +384,19 @@ def test_a_client_asking_for_init_rows_gets_the_same_rows_as_columns_and_arrays(
         if isinstance(m, mt.SrvInitChanges)
         for c in m.changes
     ]
-    chunks = _stream_init(new, "new", new_out)
-    got = []
-    for message in chunks:
+    chunks = []
+    for message in _stream_init(new, "new", new_out):
         assert isinstance(message, mt.SrvInitRows)
         decoded = mt.decode_message(encode_message(message), expect="srv")  # through the wire
         assert isinstance(decoded, mt.SrvInitRows)
+        assert decoded.sequence == message.sequence
+        chunks.append(decoded)
+    got = []
+    for decoded in chunks:
         assert list(decoded.columns) == ["id", "project_id", "title", "done", "updated_at"]
         got += [(c.table, c.data, c.updated_at, c.client_id) for c in decoded.changes()]
     assert len(got) == 15 and got == expected
-    versions = {
-        r[0]: v
-        for m in chunks
-        if isinstance(m, mt.SrvInitRows)
-        for r, v in zip(m.rows, m.versions, strict=True)
-    }
+    versions = {r[0]: v for m in chunks for r, v in zip(m.rows, m.versions, strict=True)}
     assert list(versions["odd"] or ()) == ["2031-02-03T04:05:06.789Z", "w"]
     assert versions["ext1"] is None  # implied: its own updated_at, no author
     assert versions["ext2"] is not None  # not a canonical time: sent normalised

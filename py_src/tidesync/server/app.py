@@ -38,6 +38,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from tidesync.server.hub import Hub
 from tidesync.server.session import CLOSE_REPLACED, Output, Session, SessionConfig, open_session
+from tidesync.server.snapshot_cache import DEFAULT_MAX_BYTES, SnapshotCache
 from tidesync.server.store import Store
 from tidesync.worker_sync.shared.lsn_manager import format_lsn
 from tidesync.worker_sync.shared.message_types import encode_message
@@ -304,7 +305,15 @@ async def _sync_endpoint(ws: WebSocket) -> None:
 async def _health(request: Request) -> JSONResponse:
     state: ServerState = request.app.state.tidesync
     lsn = await asyncio.to_thread(state.store.current_lsn)
-    return JSONResponse({"status": "ok", "lsn": format_lsn(lsn), "clients": len(state.connections)})
+    body: dict[str, Any] = {
+        "status": "ok",
+        "lsn": format_lsn(lsn),
+        "clients": len(state.connections),
+    }
+    cache = state.hub.snapshot_cache
+    if cache is not None:
+        body["snapshotCache"] = cache.stats()
+    return JSONResponse(body)
 
 
 async def _seed(request: Request) -> JSONResponse:
@@ -330,13 +339,17 @@ def create_app(
     site_dir: str | os.PathLike[str] | None = None,
     config: SessionConfig | None = None,
     allow_seed: bool = False,
+    snapshot_cache_bytes: int = DEFAULT_MAX_BYTES,
 ) -> Starlette:
     """The server app; the store opens (and the tailer starts) in the lifespan.
 
     ``allow_seed`` adds ``POST /api/seed?tasks=N`` (the demo's large-data button).
+    ``snapshot_cache_bytes`` bounds the initial-sync snapshot kept encoded for later
+    clients (``snapshot_cache.py``); 0 reads the database for every client.
     """
     store = Store(Path(db_path), schema_sql)
-    hub = Hub(store)
+    cache = SnapshotCache(snapshot_cache_bytes) if snapshot_cache_bytes > 0 else None
+    hub = Hub(store, snapshot_cache=cache)
     state = ServerState(store, hub, config or SessionConfig())
 
     @contextlib.asynccontextmanager

@@ -37,8 +37,9 @@ from collections.abc import Callable, Sequence
 
 from tidesync.checksums import table_checksum
 from tidesync.server.apply import apply_changes
-from tidesync.server.session_types import LiveBatch
+from tidesync.server.session_types import LiveBatch, SnapshotRows
 from tidesync.server.snapshot import Snapshot
+from tidesync.server.snapshot_cache import SnapshotCache
 from tidesync.server.store import HistoryRow, Store, max_lsn, read_history
 from tidesync.worker_sync.shared.message_types import ChangeResult, TableChange
 
@@ -50,8 +51,17 @@ log = logging.getLogger(__name__)
 class Hub:
     """Ring of recent history, subscribers to wake, and the ``SessionSource`` methods."""
 
-    def __init__(self, store: Store, *, ring_size: int = 20_000, poll_interval: float = 0.1):
+    def __init__(
+        self,
+        store: Store,
+        *,
+        ring_size: int = 20_000,
+        poll_interval: float = 0.1,
+        snapshot_cache: SnapshotCache | None = None,
+    ):
         self.store = store
+        #: Initial-sync snapshots kept encoded for later clients; None reads every time.
+        self.snapshot_cache = snapshot_cache
         self.ring_size = ring_size
         self.poll_interval = poll_interval
         self._ring: list[HistoryRow] = []
@@ -170,6 +180,12 @@ class Hub:
 
     def open_snapshot(self) -> Snapshot:
         return Snapshot(self.store.path, self.store.schema)
+
+    def open_snapshot_rows(self, chunk_rows: int) -> SnapshotRows:
+        cache = self.snapshot_cache
+        if cache is None:
+            return self.open_snapshot()
+        return cache.open(self.open_snapshot, self.store.schema, chunk_rows, self.current_lsn())
 
     def history(self, after: int, limit: int, upto: int | None = None) -> list[HistoryRow]:
         with self._lock:

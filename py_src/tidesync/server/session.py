@@ -48,6 +48,7 @@ from tidesync.server.session_types import (
     Phase,
     SessionConfig,
     SessionSource,
+    SnapshotRows,
 )
 from tidesync.server.snapshot import Snapshot
 from tidesync.server.store import HistoryRow
@@ -138,7 +139,7 @@ def open_session(
 class _Init:
     """A snapshot streamed table after table in acknowledged chunks (initial sync, re-sync)."""
 
-    snapshot: Snapshot
+    snapshot: Snapshot | SnapshotRows  # ``SnapshotRows`` for ``srv_init_rows``
     tables: list[str]  # those with rows, in foreign-key order
     table_index: int = 0
     chunk: int = 0
@@ -223,9 +224,12 @@ class Session:
     def start(self, now_ms: int) -> Output:
         self._now = now_ms
         if self.client_lsn == 0:
-            snapshot = self.source.open_snapshot()
-            tables = [t for t in snapshot.schema.order if snapshot.counts.get(t, 0) > 0]
-            self._init = _Init(snapshot, tables)
+            snapshot: Snapshot | SnapshotRows = (
+                self.source.open_snapshot_rows(self.config.init_chunk_rows)
+                if self.init_rows
+                else self.source.open_snapshot()
+            )
+            self._init = _Init(snapshot, list(snapshot.tables))
             self._set_phase(Phase.INITIAL)
             kind = mt.SrvInitRows if self.init_rows else mt.SrvInitChanges
             log.info("client %s: snapshot chunks as %s", self.client_id, kind.TYPE.value)
@@ -363,19 +367,19 @@ class Session:
         assert state is not None
         rows, window = self.config.init_chunk_rows, self.config.init_window
         out: list[Message]
-        if self.init_rows:
-            out = [
-                self._make(
-                    mt.SrvInitRows, sequence=seq, columns=columns, rows=values, versions=versions
-                )
-                for (columns, values, versions), seq in state.next_chunks(
-                    state.snapshot.read_rows, rows, window
-                )
-            ]
-        else:
+        snapshot = state.snapshot
+        if isinstance(snapshot, Snapshot) and not self.init_rows:
             out = [
                 self._make(mt.SrvInitChanges, changes=changes, sequence=seq)
-                for changes, seq in state.next_chunks(state.snapshot.read_chunk, rows, window)
+                for changes, seq in state.next_chunks(snapshot.read_chunk, rows, window)
+            ]
+        else:
+            # Encoded once (a kept snapshot's text is shared), spliced into this frame.
+            out = [
+                self._make(
+                    mt.SrvInitRows, sequence=seq, columns=(), rows=(), versions=(), body_json=body
+                )
+                for body, seq in state.next_chunks(snapshot.read_body, rows, window)
             ]
         if state.done:
             lsn = state.snapshot.lsn
@@ -586,7 +590,7 @@ class Session:
     def _pump_resync(self, now_ms: int) -> list[Message]:
         self._now = now_ms
         state = self._resync
-        assert state is not None
+        assert state is not None and isinstance(state.snapshot, Snapshot)
         out: list[Message] = [
             self._make(mt.SrvResyncChanges, changes=changes, sequence=seq)
             for changes, seq in state.next_chunks(

@@ -26,6 +26,7 @@ __all__ = [
     "Phase",
     "SessionConfig",
     "SessionSource",
+    "SnapshotRows",
 ]
 
 CLOSE_NORMAL = 1000
@@ -64,11 +65,29 @@ class LiveBatch:
         return self._json
 
 
+class SnapshotRows(Protocol):
+    """A snapshot read as ``srv_init_rows`` chunk bodies: a new ``Snapshot`` or a kept one
+    (``snapshot_cache.py``)."""
+
+    lsn: int
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        """The tables with rows, in the order they are sent."""
+
+    def chunks_of(self, table: str, chunk_rows: int) -> int: ...
+    def read_body(self, table: str, chunk_rows: int) -> str: ...
+    def close(self) -> None: ...
+
+
 class SessionSource(Protocol):
     """What a session reads and writes; ``hub.Hub`` implements it."""
 
     def current_lsn(self) -> int: ...
     def open_snapshot(self) -> Snapshot: ...
+    def open_snapshot_rows(self, chunk_rows: int) -> SnapshotRows:
+        """The snapshot for an ``srv_init_rows`` initial sync (may be a kept one)."""
+
     def history(self, after: int, limit: int, upto: int | None = None) -> list[HistoryRow]: ...
     def live_batch(self, after: int, limit: int) -> LiveBatch | None:
         """The next live batch past ``after`` (at most ``limit`` rows), None when none."""

@@ -24,7 +24,11 @@ from tidesync.worker_sync.shared.hlc import (
     is_canonical_timestamp,
     normalize_timestamp,
 )
-from tidesync.worker_sync.shared.message_types import Operation, TableChange
+from tidesync.worker_sync.shared.message_types import (
+    Operation,
+    TableChange,
+    encode_init_rows_body,
+)
 
 __all__ = ["Snapshot"]
 
@@ -64,6 +68,11 @@ class Snapshot:
         self._now = normalize_timestamp(
             self._conn.execute("SELECT strftime('%Y-%m-%dT%H:%M:%fZ','now')").fetchone()[0]
         )
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        """The tables that have rows, in foreign-key order (the order they are sent in)."""
+        return tuple(t for t in self.schema.order if self.counts.get(t, 0) > 0)
 
     def chunks_of(self, table: str, chunk_rows: int) -> int:
         count = self.counts.get(table, 0)
@@ -134,6 +143,12 @@ class Snapshot:
                         continue
             versions.append([self._time(stamp, dict(zip(names, r[:width], strict=True))), author])
         return names, rows, versions
+
+    def read_body(self, table_name: str, chunk_rows: int) -> str:
+        """``read_rows`` encoded: the members of an ``srv_init_rows`` frame after its
+        ``sequence`` (``encode_init_rows_body``), what the session sends and the
+        snapshot cache keeps."""
+        return encode_init_rows_body(*self.read_rows(table_name, chunk_rows))
 
     def _fetch(self, table_name: str, chunk_rows: int) -> tuple[tuple[str, ...], list[Any]]:
         """The table's column names and its next ``chunk_rows`` cursor rows (the columns,

@@ -88,6 +88,7 @@ __all__ = [
     "decode_message",
     "decode_server_frame",
     "encode_changes",
+    "encode_init_rows_body",
     "encode_message",
     "make",
     "new_message_id",
@@ -628,9 +629,15 @@ class SrvInitRows(Message):
     versions: Sequence[Sequence[str | None] | None] = _wire(
         "versions", _dec_versions, _enc_versions
     )
+    # Not on the wire: ``columns``, ``rows`` and ``versions`` already encoded
+    # (``encode_init_rows_body``), then left empty here.  The server keeps a snapshot's
+    # chunks encoded for the clients that join after (``server/snapshot_cache.py``) and
+    # splices the same text into each session's frame, as live batches do.
+    body_json: str | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        _check_row_shapes(self.columns, self.rows, self.versions)
+        if self.body_json is None:
+            _check_row_shapes(self.columns, self.rows, self.versions)
 
     def changes(self) -> tuple[TableChange, ...]:
         """The rows as the ``insert`` changes ``srv_init_changes`` would carry."""
@@ -1150,6 +1157,41 @@ def encode_changes(changes: Sequence[TableChange]) -> str:
     )
 
 
+def encode_init_rows_body(
+    columns: Sequence[str],
+    rows: Sequence[Sequence[JsonValue]],
+    versions: Sequence[Sequence[str | None] | None],
+) -> str:
+    """The ``columns``, ``rows`` and ``versions`` members of an ``srv_init_rows`` frame as
+    JSON text (no braces), exactly as ``encode_message`` writes them; checked as the
+    message's constructor checks them."""
+    _check_row_shapes(columns, rows, versions)
+
+    def dumps(value: Any) -> str:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+    return (
+        f'"columns":{dumps(list(columns))},"rows":{dumps(rows)},'
+        f'"versions":{dumps(_enc_versions(versions))}'
+    )
+
+
+def _encode_init_rows_spliced(message: SrvInitRows, body_json: str) -> str:
+    """``encode_message`` for a snapshot chunk whose rows are already encoded."""
+    head = json.dumps(
+        {
+            "type": message.TYPE.value,
+            "clientId": message.client_id,
+            "messageId": message.message_id or new_message_id(),
+            "timestamp": message.timestamp or int(time.time() * 1000),
+            "sequence": _encode_fields(message.sequence),
+        },
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return f"{head[:-1]},{body_json}}}"
+
+
 def _encode_live_spliced(message: SrvLiveChanges, changes_json: str) -> str:
     """``encode_message`` for a live batch whose changes are already encoded."""
     head = json.dumps(
@@ -1170,6 +1212,8 @@ def encode_message(message: Message) -> str:
     """The wire text of ``message`` (fills ``messageId`` and ``timestamp`` when unset)."""
     if isinstance(message, SrvLiveChanges) and message.changes_json is not None:
         return _encode_live_spliced(message, message.changes_json)
+    if isinstance(message, SrvInitRows) and message.body_json is not None:
+        return _encode_init_rows_spliced(message, message.body_json)
     body: dict[str, Any] = {"type": message.TYPE.value}
     body.update(_encode_fields(message))
     if not body.get("messageId"):
