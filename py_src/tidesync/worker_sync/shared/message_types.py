@@ -1176,44 +1176,31 @@ def encode_init_rows_body(
     )
 
 
-def _encode_init_rows_spliced(message: SrvInitRows, body_json: str) -> str:
-    """``encode_message`` for a snapshot chunk whose rows are already encoded."""
+def _spliced(message: Message, extra: dict[str, Any], tail: str) -> str:
+    """``encode_message`` for a message whose large fields are already encoded: its common
+    fields and ``extra`` as JSON, then ``tail`` (the encoded members) before the brace."""
     head = json.dumps(
         {
             "type": message.TYPE.value,
             "clientId": message.client_id,
             "messageId": message.message_id or new_message_id(),
             "timestamp": message.timestamp or int(time.time() * 1000),
-            "sequence": _encode_fields(message.sequence),
+            **extra,
         },
         separators=(",", ":"),
         ensure_ascii=False,
     )
-    return f"{head[:-1]},{body_json}}}"
-
-
-def _encode_live_spliced(message: SrvLiveChanges, changes_json: str) -> str:
-    """``encode_message`` for a live batch whose changes are already encoded."""
-    head = json.dumps(
-        {
-            "type": message.TYPE.value,
-            "clientId": message.client_id,
-            "messageId": message.message_id or new_message_id(),
-            "timestamp": message.timestamp or int(time.time() * 1000),
-        },
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
-    last = json.dumps(format_lsn(message.last_lsn))
-    return f'{head[:-1]},"changes":{changes_json},"lastLSN":{last}}}'
+    return f"{head[:-1]},{tail}}}"
 
 
 def encode_message(message: Message) -> str:
     """The wire text of ``message`` (fills ``messageId`` and ``timestamp`` when unset)."""
     if isinstance(message, SrvLiveChanges) and message.changes_json is not None:
-        return _encode_live_spliced(message, message.changes_json)
+        last = json.dumps(format_lsn(message.last_lsn))
+        return _spliced(message, {}, f'"changes":{message.changes_json},"lastLSN":{last}')
     if isinstance(message, SrvInitRows) and message.body_json is not None:
-        return _encode_init_rows_spliced(message, message.body_json)
+        sequence = _encode_fields(message.sequence)
+        return _spliced(message, {"sequence": sequence}, message.body_json)
     body: dict[str, Any] = {"type": message.TYPE.value}
     body.update(_encode_fields(message))
     if not body.get("messageId"):
