@@ -149,8 +149,8 @@ class _Init:
         self, read: Callable[[str, int], Any], rows: int, window: int
     ) -> list[tuple[Any, mt.InitSequence]]:
         """The chunks to send now: as many as the window of unacknowledged ones allows,
-        each read by ``read(table, rows)`` (``Snapshot.read_chunk``, or ``read_rows``
-        for ``srv_init_rows``)."""
+        each read by ``read(table, rows)`` (``Snapshot.read_chunk``, or ``read_body`` of a
+        ``SnapshotRows`` for ``srv_init_rows``)."""
         out: list[tuple[Any, mt.InitSequence]] = []
         while len(self.unacked) < window and self.table_index < len(self.tables):
             table = self.tables[self.table_index]

@@ -1150,11 +1150,14 @@ def _decode_rows_frame(raw: dict[str, Any], text: str) -> InitChunkFrame:
     )
 
 
+def _wire_json(value: Any) -> str:
+    """JSON text as every frame is written: compact, UTF-8 as it is, no NaN or infinity."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def encode_changes(changes: Sequence[TableChange]) -> str:
     """A ``changes`` array as JSON text, exactly as ``encode_message`` writes it."""
-    return json.dumps(
-        _enc_changes(tuple(changes)), separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
+    return _wire_json(_enc_changes(tuple(changes)))
 
 
 def encode_init_rows_body(
@@ -1166,13 +1169,9 @@ def encode_init_rows_body(
     JSON text (no braces), exactly as ``encode_message`` writes them; checked as the
     message's constructor checks them."""
     _check_row_shapes(columns, rows, versions)
-
-    def dumps(value: Any) -> str:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
     return (
-        f'"columns":{dumps(list(columns))},"rows":{dumps(rows)},'
-        f'"versions":{dumps(_enc_versions(versions))}'
+        f'"columns":{_wire_json(list(columns))},"rows":{_wire_json(rows)},'
+        f'"versions":{_wire_json(_enc_versions(versions))}'
     )
 
 
@@ -1207,7 +1206,7 @@ def encode_message(message: Message) -> str:
         body["messageId"] = new_message_id()
     if not body.get("timestamp"):
         body["timestamp"] = int(time.time() * 1000)
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _wire_json(body)
 
 
 def make(cls: type[M], client_id: str, now_ms: int, **values: Any) -> M:
