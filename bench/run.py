@@ -536,7 +536,9 @@ def _initial_visit(page: Any) -> tuple[dict[str, Any], int, dict[str, Any]]:
     page.wait_for_function(WAIT_LIVE, timeout=TIMEOUT_MS, polling=50)
     b = page.evaluate("bench")
     got = page.evaluate("db.query('SELECT count(*) AS n FROM tasks')")[0]["n"]
-    st = page.evaluate("({timings: db.status.timings, boot: db.status.boot})")
+    st = page.evaluate(
+        "({timings: db.status.timings, boot: db.status.boot, bootstrap: db.status.bootstrap})"
+    )
     return b, got, st
 
 
@@ -547,6 +549,8 @@ def bench_initial_and_catchup(
     server_rows = sqlite3.connect(server.db).execute("SELECT count(*) FROM tasks").fetchone()[0]
     e2e, sync_only, peak, rss_after, details = [], [], [], [], []
     returning, returning_details = [], []
+    streamed: list[float] = []
+    streamed_details: list[dict[str, Any]] = []
     last: Browser | None = None
     try:
         # A new database in a browser that has run the app before: a first visit synced
@@ -584,7 +588,29 @@ def bench_initial_and_catchup(
                 f"initial (returning browser) {rep}: {got} rows, open->live {ms_total:.0f} ms "
                 f"({returning[-1]:,.0f} rows/s)"
             )
+        # Side by side in one run: the same first visit with the initial sync streamed
+        # (``bootstrap=0``: the client never fetches the server's image), alternated with
+        # the default, so both see the same machine.
         for rep in range(cfg["reps"]):
+            br = Browser(pw, tmp, f"streamed{rep}")
+            try:
+                b, got, st = _initial_visit(br.page(url + "&bootstrap=0"))
+            finally:
+                br.close()
+            streamed.append(got / (b["tLive"] - b["tOpen"]) * 1000)
+            streamed_details.append(
+                {
+                    "rows": got,
+                    "open_to_live_ms": b["tLive"] - b["tOpen"],
+                    "ready_to_live_ms": b["tLive"] - b["tReady"],
+                    "status_timings": st["timings"],
+                    "bootstrap": st["bootstrap"],
+                }
+            )
+            log(
+                f"initial (streamed) {rep}: {got} rows, open->live "
+                f"{b['tLive'] - b['tOpen']:.0f} ms ({streamed[-1]:,.0f} rows/s)"
+            )
             if last is not None:
                 last.close()
             br = last = Browser(pw, tmp, f"initial{rep}")
@@ -604,6 +630,7 @@ def bench_initial_and_catchup(
                     "ready_to_live_ms": ms_sync,
                     "status_timings": st["timings"],
                     "boot": st["boot"],
+                    "bootstrap": st["bootstrap"],
                     "renderer": mem,
                 }
             )
@@ -618,6 +645,14 @@ def bench_initial_and_catchup(
             "renderer_peak_rss_mib": summary(peak),
             "renderer_rss_after_mib": summary(rss_after),
             "details": details,
+            "streamed_rows_per_s_open_to_live": summary(streamed),
+            "streamed_details": streamed_details,
+            "image_fetch_ms": summary(
+                [d["bootstrap"]["fetchMs"] for d in details if (d["bootstrap"] or {}).get("used")]
+            ),
+            "image_check_ms": summary(
+                [d["bootstrap"]["checkMs"] for d in details if (d["bootstrap"] or {}).get("used")]
+            ),
             "returning_rows_per_s_open_to_live": summary(returning),
             "returning_details": returning_details,
             # Initial syncs the server answered from its kept snapshot (snapshot_cache.py):
@@ -813,9 +848,29 @@ def table(results: dict[str, Any]) -> list[list[str]]:
                 f"{s['median'] / TARGETS['initial_rows_per_s']:.2f}x target",
             ]
         )
+        if (i.get("streamed_rows_per_s_open_to_live") or {}).get("median"):
+            t = i["streamed_rows_per_s_open_to_live"]
+            rows.append(
+                [
+                    "2. initial sync, streamed (no image: bootstrap off), open -> live, rows/s",
+                    fmt_s(t),
+                    "",
+                    f"{t['median'] / TARGETS['initial_rows_per_s']:.2f}x target; "
+                    f"image = {s['median'] / t['median']:.2f}x this",
+                ]
+            )
+        if (i.get("image_check_ms") or {}).get("median") is not None:
+            rows.append(
+                [
+                    "2. (of which: image download from the worker's start / its check + copy, ms)",
+                    f"{i['image_fetch_ms']['median']:,.0f} / {i['image_check_ms']['median']:,.0f}",
+                    "",
+                    "",
+                ]
+            )
         rows.append(
             [
-                "2. initial sync, ready -> live (sync only), rows/s",
+                "2. initial sync, ready -> live (after the image: the catchup), rows/s",
                 fmt_s(i["rows_per_s_ready_to_live"]),
                 "",
                 "",

@@ -9,15 +9,19 @@
  * again), mounts the OPFS file system under SQLite, then hands control to
  * `tidesync.changes.browser_entry`. The page posts `{kind: "init", config}` with one end
  * of the MessageChannel to the Sync Worker; every later message (page requests, Sync
- * Worker requests) is handled in Python.
+ * Worker requests) is handled in Python. A database that does not exist yet may start from
+ * the server's image of it (`bootstrap_fetch.mjs`), downloaded meanwhile.
  */
 import { bootPyodide, messageInbox } from "./boot.mjs";
+import { startBootstrap } from "./bootstrap_fetch.mjs";
 import { mountOpfs } from "./opfs_fs.mjs";
 
 const inbox = messageInbox(self);
 const init = await inbox.first((ev) => ev.data && ev.data.kind === "init");
 const config = init.data.config;
 const syncPort = init.ports[0];
+// A new database's image downloads while Pyodide boots (bootstrap_fetch.mjs).
+const bootstrap = startBootstrap(config);
 
 try {
   const useSnapshot = config.snapshot !== false;
@@ -58,6 +62,7 @@ try {
     take: inbox.take,
     syncPort,
     storage,
+    bootstrap: bootstrap ?? undefined, // not null: Python sees None
   });
 } catch (err) {
   const error = /** @type {Error} */ (err);

@@ -29,6 +29,10 @@
  * @property {boolean} [snapshot] false boots Pyodide without the memory snapshot (neither
  *   reads nor takes one); default true: warm starts restore the interpreter with tidesync
  *   imported instead of starting it (js_shim/boot.mjs)
+ * @property {boolean} [bootstrap] false never starts a new database from the server's image
+ *   of it (`GET /api/bootstrap`); default true: a database that does not exist yet downloads
+ *   it while Pyodide boots and, once checked, starts from it and only catches up
+ *   (docs/protocol.md); anything else streams the initial sync
  */
 
 /**
@@ -61,6 +65,9 @@
  *   then took the snapshot), "none" (normal boot), "failed" (a snapshot did not load;
  *   normal boot); `syncWasm` "shared" when the Sync Worker ran the wasm the Changes Worker
  *   compiled, "compiled" when it compiled its own
+ * @property {{used: boolean, rows?: number, lsn?: string, bytes?: number, fetchMs?: number,
+ *   checkMs?: number, reason?: string}|null} [bootstrap] how this database started: from the
+ *   server's image (`used`), or why not (`reason`); null when it already existed
  * @property {string} [earlySocket] the socket the Sync Worker opened before Pyodide was up:
  *   "adopted" (its first connection), "replaced" (opened for another URL, closed), "dropped"
  *   (not claimed in time), "waiting", "none"
@@ -188,6 +195,7 @@ export class TideSync {
       multiTab: options.multiTab ?? true,
       flushDelayMs: options.flushDelayMs ?? 100,
       snapshot: options.snapshot ?? true,
+      bootstrap: options.bootstrap ?? true,
     };
     this.t0 = performance.now();
     this.tabId = crypto.randomUUID();
@@ -398,7 +406,7 @@ export class TideSync {
     const config = {
       name: opts.name, url: opts.url, schema: opts.schema, siteBase: opts.siteBase,
       heartbeatInterval: opts.heartbeatInterval, sync: opts.sync, flushDelayMs: opts.flushDelayMs,
-      snapshot: opts.snapshot,
+      snapshot: opts.snapshot, bootstrap: opts.bootstrap,
     };
     const changes = new Worker(new URL("./changes.worker.mjs", import.meta.url), { type: "module", name: "tidesync-changes" });
     this._workers.push(changes);
@@ -479,7 +487,11 @@ export class TideSync {
   _onWorkerEvent(data) {
     switch (data.event) {
       case "ready":
-        this._setStatus({ ready: true, timings: { ...(data.timings ?? {}), ready: Math.round(performance.now() - this.t0) } });
+        this._setStatus({
+          ready: true,
+          bootstrap: data.bootstrap ?? null,
+          timings: { ...(data.timings ?? {}), ready: Math.round(performance.now() - this.t0) },
+        });
         this._onReady?.(data);
         break;
       case "fatal": {

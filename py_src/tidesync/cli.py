@@ -57,6 +57,7 @@ def _serve(args: argparse.Namespace) -> int:
         config=config,
         allow_seed=args.allow_seed,
         snapshot_cache_bytes=int(args.snapshot_cache_mib * (1 << 20)),
+        bootstrap_bytes=int(args.bootstrap_mib * (1 << 20)),
     )
     gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
     gc.freeze()  # what import and setup made lives as long as the process: never scan it
@@ -111,6 +112,14 @@ def _parser() -> argparse.ArgumentParser:
         default=64,
         help="keep the newest initial-sync snapshot encoded, up to this size, for the clients "
         "that join after (0: read the database for every client)",
+    )
+    serve.add_argument(
+        "--bootstrap-mib",
+        type=float,
+        default=64,
+        help="serve new clients their whole database as one SQLite file (GET /api/bootstrap), "
+        "keeping the newest image up to this size, gzipped (0: no images, clients stream the "
+        "initial sync)",
     )
     serve.add_argument("--log-level", default="INFO")
     serve.set_defaults(func=_serve)

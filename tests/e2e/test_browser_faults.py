@@ -24,9 +24,9 @@ import pytest
 from browser_harness import SITE_DIR
 from tests.helpers.browser_db import page_query, server_rows
 
-OPEN_DB = """async ({name, url}) => {
+OPEN_DB = """async ({name, url, bootstrap = true}) => {
   const {TideSync} = await import('/js/tidesync.mjs');
-  window.db = await TideSync.open({name, url, heartbeatInterval: 1});
+  window.db = await TideSync.open({name, url, heartbeatInterval: 1, bootstrap});
   return window.db.status;
 }"""
 LIVE_AND_IDLE = "() => window.db && db.status.phase === 'live' && db.status.pending === 0"
@@ -51,11 +51,13 @@ def contexts(chromium: Any) -> Iterator[Callable[[], Any]]:
             context.close()
 
 
-def _open(context: Any, server: Any, name: str, wait_live: bool = True) -> Any:
+def _open(
+    context: Any, server: Any, name: str, wait_live: bool = True, bootstrap: bool = True
+) -> Any:
     page = context.new_page()
     page.set_default_timeout(BOOT_TIMEOUT_MS)
     page.goto(server.http_url + "/api/health")
-    page.evaluate(OPEN_DB, {"name": name, "url": server.ws_url})
+    page.evaluate(OPEN_DB, {"name": name, "url": server.ws_url, "bootstrap": bootstrap})
     if wait_live:
         page.wait_for_function(LIVE_AND_IDLE, timeout=SYNC_TIMEOUT_MS)
     return page
@@ -216,7 +218,8 @@ def test_reload_during_initial_sync_never_shows_half_a_snapshot_then_goes_live(
     total = server_rows(server, "SELECT count(*) FROM tasks")[0][0]
     assert total == SEED_TASKS
 
-    page = _open(contexts(), server, "reload-initial", wait_live=False)
+    # The streamed initial sync (a new database would otherwise start from the server's image).
+    page = _open(contexts(), server, "reload-initial", wait_live=False, bootstrap=False)
     page.evaluate(SAMPLER)
     page.wait_for_function(
         "() => db.status.initProgress && db.status.initProgress.chunk >= 3", timeout=SYNC_TIMEOUT_MS
@@ -228,7 +231,9 @@ def test_reload_during_initial_sync_never_shows_half_a_snapshot_then_goes_live(
     assert {s["n"] for s in before["samples"]} == {0}, "staged chunks showed up in tasks"
 
     page.reload()
-    reopened = page.evaluate(OPEN_DB, {"name": "reload-initial", "url": server.ws_url})
+    reopened = page.evaluate(
+        OPEN_DB, {"name": "reload-initial", "url": server.ws_url, "bootstrap": False}
+    )
     page.evaluate(SAMPLER)
     page.wait_for_function(LIVE_AND_IDLE, timeout=SYNC_TIMEOUT_MS)
     page.wait_for_function("() => samples.some((s) => s.phase === 'live')")

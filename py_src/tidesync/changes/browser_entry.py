@@ -19,9 +19,12 @@ import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
+from tidesync.changes.bootstrap_image import ImageRejected, adopt_image
+from tidesync.changes.db import open_connection
 from tidesync.changes.worker import ChangesWorker
 from tidesync.changes.worker_processor import handle_request, write_now
 from tidesync.schema import Schema
+from tidesync.worker_sync.shared.lsn_manager import format_lsn
 from tidesync.worker_sync.shared.message_types import TableChange
 from tidesync.worker_sync.shared.port_codec import changes_to_wire, channel_text
 from tidesync.worker_sync.worker_thread.sync_worker import build_sync_url
@@ -209,7 +212,12 @@ async def start(bridge: Any) -> None:
     config = from_js(bridge.config)
     pragmas = parse_pragmas(from_js(bridge.storage.recommendedPragmas))
     schema = Schema.from_sql(config["schema"]) if config.get("schema") else Schema.demo()
-    worker = ChangesWorker(str(config["dbPath"]), schema, pragmas=pragmas)
+    conn = open_connection(str(config["dbPath"]), pragmas)
+    pending_image = getattr(bridge, "bootstrap", None)
+    bootstrap = await adopt_download(conn, schema, pending_image) if pending_image else None
+    worker = ChangesWorker(conn, schema)
+    if bootstrap and bootstrap["used"]:
+        worker.checkpoint_later()
     sync_port = bridge.syncPort
     proxies = ProxyGroup()
     tasks: set[asyncio.Future[Any]] = set()
@@ -356,9 +364,43 @@ async def start(bridge: Any) -> None:
         "event": "ready",
         "timings": {"pyodideBoot": round(config.get("bootMillis") or 0), "dbOpen": opened_ms},
     }
+    if bootstrap is not None:
+        ready["bootstrap"] = bootstrap
     if config.get("sync") is not False and isinstance(config.get("url"), str):
         ready["syncUrl"] = preconnect_url(str(config["url"]), worker)
     to_page(ready)
+
+
+async def adopt_download(conn: Any, schema: Schema, download: Any) -> dict[str, Any] | None:
+    """Start the new database ``conn`` from the server's image of it, if one came.
+
+    ``download`` is ``bootstrap_fetch.mjs``'s promise of ``{bytes, skipped, fetchMs}``.
+    Returns what the page's status reports (``bootstrap``): None when the database
+    already existed, else whether the image was used and, if not, why (the database is
+    then left empty and the Sync Worker streams the initial sync).
+    """
+    result = await download
+    skipped = getattr(result, "skipped", None)
+    if skipped == "the database exists":
+        return None
+    report: dict[str, Any] = {"used": False, "fetchMs": round(float(result.fetchMs or 0))}
+    if skipped is not None or getattr(result, "bytes", None) is None:
+        report["reason"] = str(skipped or "no image")
+        return report
+    image = result.bytes.to_bytes()
+    result.bytes = None  # the JS copy: 17 MB per 100k demo rows
+    started = time.perf_counter()
+    try:
+        info = adopt_image(conn, schema, image)
+    except ImageRejected as exc:
+        log.warning("bootstrap image not used: %s", exc)
+        report["reason"] = str(exc)
+        return report
+    finally:
+        report["checkMs"] = round((time.perf_counter() - started) * 1000)
+    log.info("started from the server's image: %d rows at %s", info.rows, format_lsn(info.lsn))
+    report.update(used=True, rows=info.rows, lsn=format_lsn(info.lsn), bytes=info.bytes)
+    return report
 
 
 def preconnect_url(base: str, worker: ChangesWorker) -> str:

@@ -224,7 +224,7 @@ class InitialSync:
         except (ValueError, RecursionError) as exc:
             raise ValueError(f"snapshot chunk is not valid JSON: {exc}") from None
         if type(parsed) is dict and parsed.get("type") == "srv_init_rows":
-            self._stage_rows(
+            self.stage_rows(
                 table, parsed.get("columns"), parsed.get("rows"), parsed.get("versions")
             )
             return
@@ -233,7 +233,7 @@ class InitialSync:
             raise ValueError("snapshot chunk must be a JSON array of changes (or a frame of one)")
         self._stage_items(table, items)
 
-    def _stage_rows(self, table: str, columns: Any, rows: Any, versions: Any) -> None:
+    def stage_rows(self, table: str, columns: Any, rows: Any, versions: Any) -> None:
         """Stage an ``srv_init_rows`` chunk: its rows go to the typed stage as they are.
 
         The Sync Worker checked the frame's shape; it is checked again here, cheaply,

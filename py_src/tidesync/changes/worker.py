@@ -375,8 +375,13 @@ class ChangesWorker:
         async with self._server_lock, self._lock:
             result = self._initial.commit(server_lsn)
         self._tables_changed(sorted(result.tables), "initial")
-        asyncio.get_running_loop().call_later(CHECKPOINT_DELAY_S, self._checkpoint_soon)
+        self.checkpoint_later()
         return _outcome(result.lsn, result.applied, result.skipped, result.failed, result.tables)
+
+    def checkpoint_later(self) -> None:
+        """Checkpoint the WAL a snapshot left (a streamed snapshot's commit, or an adopted
+        bootstrap image) ``CHECKPOINT_DELAY_S`` from now, off the path to live."""
+        asyncio.get_running_loop().call_later(CHECKPOINT_DELAY_S, self._checkpoint_soon)
 
     def _checkpoint_soon(self) -> None:
         """Checkpoint the WAL the snapshot's commit left (``InitialSync.commit``), once the

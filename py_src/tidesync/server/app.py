@@ -1,4 +1,4 @@
-"""The ASGI app: ``/api/sync`` (WebSocket), ``/api/health``, and the static site.
+"""The ASGI app: ``/api/sync`` (WebSocket), ``/api/health``, ``/api/bootstrap`` and the site.
 
 The WebSocket endpoint only moves frames: each connection runs one ``Session``
 (sans-I/O) under its own lock and hands the encoded output to a bounded outbox
@@ -36,6 +36,9 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from tidesync.server.bootstrap import DEFAULT_MAX_BYTES as DEFAULT_BOOTSTRAP_BYTES
+from tidesync.server.bootstrap import DEFAULT_MIN_ROWS as DEFAULT_BOOTSTRAP_MIN_ROWS
+from tidesync.server.bootstrap import BootstrapImages
 from tidesync.server.hub import Hub
 from tidesync.server.session import CLOSE_REPLACED, Output, Session, SessionConfig, open_session
 from tidesync.server.snapshot_cache import DEFAULT_MAX_BYTES, SnapshotCache
@@ -82,6 +85,7 @@ class ServerState:
     hub: Hub
     config: SessionConfig
     connections: dict[str, _Connection] = field(default_factory=dict)
+    bootstrap: BootstrapImages | None = None
 
 
 def _now_ms() -> int:
@@ -313,7 +317,47 @@ async def _health(request: Request) -> JSONResponse:
     cache = state.hub.snapshot_cache
     if cache is not None:
         body["snapshotCache"] = cache.stats()
+    if state.bootstrap is not None:
+        body["bootstrap"] = state.bootstrap.stats()
     return JSONResponse(body)
+
+
+#: Any origin may fetch the image, as any page may open the sync WebSocket (which no
+#: browser restricts by origin); the site is often served from another origin.
+_BOOTSTRAP_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Expose-Headers": "X-Tidesync-Lsn, X-Tidesync-Rows",
+    "Cache-Control": "no-store",
+}
+
+
+async def _bootstrap(request: Request) -> Response:
+    """A new client's database as one SQLite file (``server/bootstrap.py``).
+
+    ``?pageSize=N`` (the client's SQLite page size) is required.  204: no image (the
+    snapshot is small: stream it); 400: a bad page size; 404 when the server runs
+    without images (``--bootstrap-mib 0``), as a server without the endpoint answers.
+    """
+    state: ServerState = request.app.state.tidesync
+    if state.bootstrap is None:
+        return Response(status_code=404, headers=_BOOTSTRAP_HEADERS)
+    try:
+        page_size = int(request.query_params.get("pageSize", ""))
+        image = await state.bootstrap.get(page_size)
+    except ValueError as exc:
+        return JSONResponse({"error": str(exc)}, status_code=400, headers=_BOOTSTRAP_HEADERS)
+    if image is None:
+        return Response(status_code=204, headers=_BOOTSTRAP_HEADERS)
+    gzip_ok = "gzip" in request.headers.get("accept-encoding", "").lower()
+    headers = {
+        **_BOOTSTRAP_HEADERS,
+        "X-Tidesync-Lsn": format_lsn(image.lsn),
+        "X-Tidesync-Rows": str(image.rows),
+    }
+    if gzip_ok:
+        headers["Content-Encoding"] = "gzip"
+    body = image.gzipped if gzip_ok else await asyncio.to_thread(image.body, False)
+    return Response(body, media_type="application/vnd.sqlite3", headers=headers)
 
 
 async def _seed(request: Request) -> JSONResponse:
@@ -340,17 +384,27 @@ def create_app(
     config: SessionConfig | None = None,
     allow_seed: bool = False,
     snapshot_cache_bytes: int = DEFAULT_MAX_BYTES,
+    bootstrap_bytes: int = DEFAULT_BOOTSTRAP_BYTES,
+    bootstrap_min_rows: int = DEFAULT_BOOTSTRAP_MIN_ROWS,
 ) -> Starlette:
     """The server app; the store opens (and the tailer starts) in the lifespan.
 
     ``allow_seed`` adds ``POST /api/seed?tasks=N`` (the demo's large-data button).
     ``snapshot_cache_bytes`` bounds the initial-sync snapshot kept encoded for later
     clients (``snapshot_cache.py``); 0 reads the database for every client.
+    ``bootstrap_bytes`` bounds a kept bootstrap image (``bootstrap.py``); 0 turns
+    ``/api/bootstrap`` off (404).  ``bootstrap_min_rows``: snapshots below it get no image.
     """
     store = Store(Path(db_path), schema_sql)
     cache = SnapshotCache(snapshot_cache_bytes) if snapshot_cache_bytes > 0 else None
     hub = Hub(store, snapshot_cache=cache)
     state = ServerState(store, hub, config or SessionConfig())
+    if bootstrap_bytes > 0:
+        state.bootstrap = BootstrapImages(
+            store,
+            max_bytes=bootstrap_bytes,
+            min_rows=bootstrap_min_rows,
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -366,6 +420,7 @@ def create_app(
     routes: list[Any] = [
         WebSocketRoute("/api/sync", _sync_endpoint),
         Route("/api/health", _health),
+        Route("/api/bootstrap", _bootstrap),
     ]
     if allow_seed:
         routes.append(Route("/api/seed", _seed, methods=["POST"]))

@@ -1,0 +1,131 @@
+"""The server's new-client database images (``server/bootstrap.py``): built from one
+consistent snapshot, kept while the changes since are few, one build for concurrent
+requests, none for a small snapshot, not kept past the size bound."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from tidesync.changes.bootstrap_image import adopt_image
+from tidesync.changes.db import open_connection
+from tidesync.schema import Schema
+from tidesync.server.bootstrap import BootstrapImages
+from tidesync.server.store import Store
+from tidesync.worker_sync.shared.message_types import Operation, TableChange
+
+BROWSER = {"page_size": 2048, "locking_mode": "EXCLUSIVE", "journal_mode": "WAL"}
+
+
+def _write(store: Store, n: int, prefix: str) -> None:
+    """``n`` task inserts through the server's own apply path (each moves the LSN)."""
+    from tidesync.server.apply import apply_changes
+
+    changes = [
+        TableChange(
+            id=f"w-{prefix}-{i}",
+            table="tasks",
+            operation=Operation.INSERT,
+            data={"id": f"{prefix}{i}", "title": f"title {i} ü"},
+            updated_at="2030-01-01T00:00:00.000Z",
+        )
+        for i in range(n)
+    ]
+    with store.write_lock:
+        apply_changes(store.writer, store.schema, "writer", changes)
+
+
+def _client(tmp_path: Path, name: str, image: bytes) -> sqlite3.Connection:
+    conn = open_connection(str(tmp_path / name), BROWSER)
+    adopt_image(conn, Schema.demo(), image)
+    return conn
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store(tmp_path / "server.db")
+
+
+def test_an_image_holds_the_servers_rows_at_its_lsn_and_adopts(
+    store: Store, tmp_path: Path
+) -> None:
+    _write(store, 40, "a")
+    images = BootstrapImages(store, min_rows=10)
+    image = asyncio.run(images.get(2048))
+    assert image is not None
+    assert image.lsn == store.current_lsn() and image.rows == 40
+    conn = _client(tmp_path, "c.db", gzip.decompress(image.gzipped))
+    server = sorted(store.connect().execute("SELECT id, title FROM tasks").fetchall())
+    assert sorted(map(tuple, conn.execute("SELECT id, title FROM tasks"))) == server
+    assert images.stats() == {
+        "served": 1,
+        "built": 1,
+        "lsn": image.lsn,
+        "rows": 40,
+        "bytes": len(image.gzipped),
+    }
+
+
+def test_the_image_is_kept_while_few_changes_follow_it_then_built_again(store: Store) -> None:
+    _write(store, 100, "a")
+    images = BootstrapImages(store, min_rows=10)
+
+    async def scenario() -> None:
+        first = await images.get(2048)
+        assert first is not None
+        _write(store, 10, "b")  # a tenth of its rows: the catchup brings them
+        again = await images.get(2048)
+        assert again is first and images.built == 1
+        _write(store, 1, "c")  # one more: past a tenth, a new image is cheaper
+        newer = await images.get(2048)
+        assert newer is not None and newer is not first
+        assert newer.lsn == store.current_lsn() and newer.rows == 111
+        assert images.built == 2
+
+    asyncio.run(scenario())
+
+
+def test_concurrent_requests_share_one_build_and_page_sizes_have_their_own(
+    store: Store,
+) -> None:
+    _write(store, 30, "a")
+    images = BootstrapImages(store, min_rows=10)
+
+    async def scenario() -> None:
+        got = await asyncio.gather(*(images.get(2048) for _ in range(5)))
+        assert all(g is got[0] for g in got) and images.built == 1
+        other = await images.get(4096)
+        assert other is not None and other.page_size == 4096 and images.built == 2
+
+    asyncio.run(scenario())
+
+
+def test_a_small_snapshot_gets_no_image(store: Store) -> None:
+    _write(store, 5, "a")
+    images = BootstrapImages(store, min_rows=10)
+    assert asyncio.run(images.get(2048)) is None
+    assert images.stats()["served"] == 0 and images.built == 0
+
+
+def test_an_image_over_the_bound_is_served_but_not_kept(store: Store) -> None:
+    _write(store, 30, "a")
+    images = BootstrapImages(store, min_rows=10, max_bytes=100)
+
+    async def scenario() -> None:
+        first = await images.get(2048)
+        second = await images.get(2048)
+        assert first is not None and second is not None and second is not first
+        assert images.built == 2 and images.stats()["bytes"] == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_page_size_sqlite_cannot_use_is_refused(store: Store) -> None:
+    images = BootstrapImages(store)
+    for bad in (0, 1000, 256, 1 << 17):
+        with pytest.raises(ValueError, match="page size"):
+            asyncio.run(images.get(bad))
