@@ -10,18 +10,20 @@
  * `tidesync.changes.browser_entry`. The page posts `{kind: "init", config}` with one end
  * of the MessageChannel to the Sync Worker; every later message (page requests, Sync
  * Worker requests) is handled in Python. A database that does not exist yet may start from
- * the server's image of it (`bootstrap_fetch.mjs`), downloaded meanwhile.
+ * the server's image of it (`bootstrap_fetch.mjs`), which the page downloads meanwhile.
  */
 import { bootPyodide, messageInbox } from "./boot.mjs";
-import { startBootstrap } from "./bootstrap_fetch.mjs";
 import { mountOpfs } from "./opfs_fs.mjs";
 
 const inbox = messageInbox(self);
 const init = await inbox.first((ev) => ev.data && ev.data.kind === "init");
 const config = init.data.config;
 const syncPort = init.ports[0];
-// A new database's image downloads while Pyodide boots (bootstrap_fetch.mjs).
-const bootstrap = startBootstrap(config);
+// A new database's image, downloaded by the page while Pyodide boots here
+// (bootstrap_fetch.mjs): posted as `{kind: "bootstrap", bytes?, skipped?, fetchMs}`.
+const bootstrap = config.bootstrapPending
+  ? inbox.first((ev) => ev.data && ev.data.kind === "bootstrap").then((ev) => ev.data)
+  : undefined;
 
 try {
   const useSnapshot = config.snapshot !== false;

@@ -122,6 +122,8 @@ class ChangesWorker:
         # ``arm_local_changes``: the next local commit reads this many unsynced changes
         # for its ``on_local_change`` listeners (None: it reads nothing).
         self._carry_limit: int | None = None
+        # ``checkpoint_later``: SQLite's auto-checkpoint, held off until the deferred one.
+        self._restore_autocheckpoint: int | None = None
         self._closed = False
 
     @classmethod
@@ -378,9 +380,19 @@ class ChangesWorker:
         self.checkpoint_later()
         return _outcome(result.lsn, result.applied, result.skipped, result.failed, result.tables)
 
-    def checkpoint_later(self) -> None:
+    def checkpoint_later(self, autocheckpoint: int | None = None) -> None:
         """Checkpoint the WAL a snapshot left (a streamed snapshot's commit, or an adopted
-        bootstrap image) ``CHECKPOINT_DELAY_S`` from now, off the path to live."""
+        bootstrap image) ``CHECKPOINT_DELAY_S`` from now, off the path to live.
+
+        SQLite's auto-checkpoint is held off until then: otherwise the next commit (the
+        catchup's first batch, the triggers' refresh on open) would copy the snapshot's
+        whole WAL (~17 MB per 100k demo rows) on that path.  ``autocheckpoint``: the
+        caller turned it off already, and it was this.
+        """
+        if self._restore_autocheckpoint is None:
+            current = int(self._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+            self._restore_autocheckpoint = current if autocheckpoint is None else autocheckpoint
+            self._conn.execute("PRAGMA wal_autocheckpoint = 0")
         asyncio.get_running_loop().call_later(CHECKPOINT_DELAY_S, self._checkpoint_soon)
 
     def _checkpoint_soon(self) -> None:
@@ -396,6 +408,9 @@ class ChangesWorker:
                 return
             try:
                 self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                auto, self._restore_autocheckpoint = self._restore_autocheckpoint, None
+                if auto is not None:
+                    self._conn.execute(f"PRAGMA wal_autocheckpoint = {auto}")
             except sqlite3.Error as exc:  # e.g. closed under us: the next commit or open does it
                 log.info("deferred checkpoint skipped: %s", exc)
 
