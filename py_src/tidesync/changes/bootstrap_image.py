@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import sqlite3
 import struct
+import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tidesync.changes.direct_sql_processor import DirectSqlProcessor
@@ -68,6 +69,9 @@ class ImageInfo:
     rows: int
     page_size: int
     bytes: int
+    #: ``adopt_image`` only: time spent checking the copy, and copying it in, ms.
+    check_ms: float = field(default=0.0, compare=False)
+    copy_ms: float = field(default=0.0, compare=False)
 
 
 def check_page_size(page_size: int) -> int:
@@ -125,9 +129,11 @@ def adopt_image(conn: sqlite3.Connection, schema: Schema, image: bytes) -> Image
     _check_header(image, page_size)
     if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
         raise ImageRejected("the database is not empty")
+    started = time.perf_counter()
     copy = _private_copy(image)
     try:
         info = _check_content(copy, schema, page_size, len(image))
+        checked = time.perf_counter()
         auto = int(conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
         conn.execute("PRAGMA wal_autocheckpoint = 0")
         try:
@@ -136,7 +142,8 @@ def adopt_image(conn: sqlite3.Connection, schema: Schema, image: bytes) -> Image
             conn.execute(f"PRAGMA wal_autocheckpoint = {auto}")
     finally:
         copy.close()
-    return info
+    copied = time.perf_counter()
+    return replace(info, check_ms=(checked - started) * 1000, copy_ms=(copied - checked) * 1000)
 
 
 def _check_header(image: bytes, page_size: int) -> None:

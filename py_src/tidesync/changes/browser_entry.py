@@ -406,7 +406,14 @@ async def adopt_download(conn: Any, schema: Schema, download: Any) -> dict[str, 
     finally:
         report["checkMs"] = round((time.perf_counter() - started) * 1000)
     log.info("started from the server's image: %d rows at %s", info.rows, format_lsn(info.lsn))
-    report.update(used=True, rows=info.rows, lsn=format_lsn(info.lsn), bytes=info.bytes)
+    report.update(
+        used=True,
+        rows=info.rows,
+        lsn=format_lsn(info.lsn),
+        bytes=info.bytes,
+        verifyMs=round(info.check_ms),
+        copyMs=round(info.copy_ms),
+    )
     return report
 
 
