@@ -67,8 +67,10 @@ import { startBootstrap } from "./bootstrap_fetch.mjs";
  *   normal boot); `syncWasm` "shared" when the Sync Worker ran the wasm the Changes Worker
  *   compiled, "compiled" when it compiled its own
  * @property {{used: boolean, rows?: number, lsn?: string, bytes?: number, fetchMs?: number,
- *   checkMs?: number, reason?: string}|null} [bootstrap] how this database started: from the
- *   server's image (`used`), or why not (`reason`); null when it already existed
+ *   checkMs?: number, verifyMs?: number, copyMs?: number, reason?: string}|null} [bootstrap]
+ *   how this database started: from the server's image (`used`; `fetchMs` its download
+ *   from open, `verifyMs` its checks, `copyMs` its copy into OPFS), or why not (`reason`);
+ *   null when the database already existed
  * @property {string} [earlySocket] the socket the Sync Worker opened before Pyodide was up:
  *   "adopted" (its first connection), "replaced" (opened for another URL, closed), "dropped"
  *   (not claimed in time), "waiting", "none"
