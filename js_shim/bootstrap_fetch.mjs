@@ -17,6 +17,7 @@ import { RECOMMENDED_PRAGMAS } from "./opfs_fs.mjs";
  * @typedef {object} BootstrapDownload
  * @property {Uint8Array} [bytes] the SQLite file (absent when there is none to adopt)
  * @property {string} [skipped] why there is none (absent, not null: Python sees None)
+ * @property {boolean} [existing] the database exists already: nothing was fetched
  * @property {number} fetchMs from the worker's start to the whole file, ms
  */
 
@@ -89,7 +90,7 @@ export function startBootstrap(config) {
   const done = (/** @type {string} */ skipped) => ({ skipped, fetchMs: performance.now() - started });
   return (async () => {
     if (!(await databaseIsNew(config.opfsDir || "tidesync", `${config.name}.sqlite3`))) {
-      return done("the database exists");
+      return { ...done("the database exists"), existing: true };
     }
     try {
       const response = await fetch(url, { cache: "no-store" });

@@ -2,13 +2,14 @@
 
 Reuses the browser harness of tests/pyodide (browser_harness.py, browser_fixtures.py):
 ``site_url``, ``playwright_sync``, ``browser_context``, ``harness_page``,
-``py_worker``, ``opfs_dir``, ``new_context``; adds ``chromium`` (one browser per module) and
-``site_server``. Nothing here skips: a missing
+``py_worker``, ``opfs_dir``, ``new_context``; adds ``chromium`` (one browser per module),
+``site_server`` and ``contexts``. Nothing here skips: a missing
 Chromium or an unbuilt site (`make site`) fails the run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,3 +38,19 @@ def chromium(playwright_sync: Any) -> Iterator[Any]:
 def site_server(server_factory: Callable[..., Any]) -> Any:
     """The real sync server serving the built site, demo data seeded, 1 s heartbeats."""
     return server_factory(site=str(SITE_DIR), heartbeat=1, seed_demo=True)
+
+
+@pytest.fixture
+def contexts(chromium: Any) -> Iterator[Callable[[], Any]]:
+    """New browser contexts on demand (each its own client: own OPFS), closed after."""
+    opened: list[Any] = []
+
+    def make() -> Any:
+        context = chromium.new_context()
+        opened.append(context)
+        return context
+
+    yield make
+    for context in opened:
+        with contextlib.suppress(Exception):
+            context.close()

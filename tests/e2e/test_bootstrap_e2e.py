@@ -4,8 +4,7 @@ then caught up over the WebSocket; and a bad image ends on the streamed initial 
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,21 +31,6 @@ def seeded_server(tmp_path: Path, server_factory: Callable[..., Any]) -> Any:
     db_path = tmp_path / "seeded.db"
     seed_tasks(db_path, SEEDED)
     return server_factory(site=str(SITE_DIR), heartbeat=1, db=str(db_path))
-
-
-@pytest.fixture
-def contexts(chromium: Any) -> Iterator[Callable[[], Any]]:
-    made: list[Any] = []
-
-    def make() -> Any:
-        context = chromium.new_context()
-        made.append(context)
-        return context
-
-    yield make
-    for context in made:
-        with contextlib.suppress(Exception):
-            context.close()
 
 
 def _open(context: Any, server: Any, name: str, bootstrap: bool = True) -> tuple[Any, Any]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,21 +34,6 @@ BOOT_TIMEOUT_MS = 120_000
 SYNC_TIMEOUT_MS = 180_000
 # The machine may be loaded: generous, never a timing assertion.
 pytestmark = pytest.mark.timeout(600)
-
-
-@pytest.fixture
-def contexts(chromium: Any) -> Iterator[Callable[[], Any]]:
-    opened: list[Any] = []
-
-    def make() -> Any:
-        context = chromium.new_context()
-        opened.append(context)
-        return context
-
-    yield make
-    for context in opened:
-        with contextlib.suppress(Exception):
-            context.close()
 
 
 def _open(

@@ -129,3 +129,55 @@ def test_a_page_size_sqlite_cannot_use_is_refused(store: Store) -> None:
     for bad in (0, 1000, 256, 1 << 17):
         with pytest.raises(ValueError, match="page size"):
             asyncio.run(images.get(bad))
+
+
+class _Bytes:
+    """A ``Uint8Array`` as Python sees it: ``to_bytes()`` copies it out."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def to_bytes(self) -> bytes:
+        return self._data
+
+
+def _download(**fields: object) -> object:
+    """``bootstrap_fetch.mjs``'s promise, as ``adopt_download`` awaits it."""
+    from types import SimpleNamespace
+
+    async def result() -> object:
+        return SimpleNamespace(fetchMs=12.3, **fields)
+
+    return result()
+
+
+def test_adopt_download_reports_what_happened_and_streams_on_anything_but_a_good_image(
+    store: Store, tmp_path: Path
+) -> None:
+    """The Changes Worker's start (``browser_entry.adopt_download``): an existing database
+    reports nothing; no image or a bad one leaves the database empty with the reason; a
+    good one is adopted and named in the page's ``status.bootstrap``."""
+    from tidesync.changes.browser_entry import adopt_download
+
+    _write(store, 30, "a")
+    image = asyncio.run(BootstrapImages(store, min_rows=10).get(2048))
+    assert image is not None
+    good = gzip.decompress(image.gzipped)
+    schema = Schema.demo()
+
+    def run(name: str, **fields: object) -> tuple[object, sqlite3.Connection]:
+        conn = open_connection(str(tmp_path / name), BROWSER)
+        return asyncio.run(adopt_download(conn, schema, _download(**fields))), conn
+
+    assert run("existing.db", existing=True, skipped="the database exists")[0] is None
+    report, conn = run("none.db", skipped="HTTP 204")
+    assert report == {"used": False, "fetchMs": 12, "reason": "HTTP 204"}
+    report, conn = run("bad.db", bytes=_Bytes(good[: len(good) // 2]))
+    assert isinstance(report, dict) and report["used"] is False
+    assert "pages the header names" in report["reason"]
+    assert conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
+    report, conn = run("good.db", bytes=_Bytes(good))
+    assert isinstance(report, dict) and report["used"] is True
+    assert (report["rows"], report["bytes"]) == (30, len(good))
+    assert report["lsn"] == f"0/{image.lsn:X}"
+    assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 30

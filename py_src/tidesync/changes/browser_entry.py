@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 import re
+import sqlite3
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any
@@ -387,9 +388,9 @@ async def adopt_download(conn: Any, schema: Schema, download: Any) -> dict[str, 
     then left empty and the Sync Worker streams the initial sync).
     """
     result = await download
-    skipped = getattr(result, "skipped", None)
-    if skipped == "the database exists":
+    if getattr(result, "existing", None):
         return None
+    skipped = getattr(result, "skipped", None)
     report: dict[str, Any] = {"used": False, "fetchMs": round(float(result.fetchMs or 0))}
     if skipped is not None or getattr(result, "bytes", None) is None:
         report["reason"] = str(skipped or "no image")
@@ -399,7 +400,13 @@ async def adopt_download(conn: Any, schema: Schema, download: Any) -> dict[str, 
     started = time.perf_counter()
     try:
         info = adopt_image(conn, schema, image)
-    except ImageRejected as exc:
+    except (ImageRejected, sqlite3.Error) as exc:
+        # A failed copy (e.g. storage full) rolled back: the database must still be empty.
+        if (
+            not isinstance(exc, ImageRejected)
+            and conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        ):
+            raise
         log.warning("bootstrap image not used: %s", exc)
         report["reason"] = str(exc)
         return report
