@@ -1084,8 +1084,14 @@ def plot(results: dict[str, Any], path: Path) -> None:
     c = results.get("catchup") or {}
     labels, vals = [], []
     if i.get("rows_per_s_open_to_live"):
-        labels += ["initial open->live", "initial ready->live"]
-        vals += [i["rows_per_s_open_to_live"]["median"], i["rows_per_s_ready_to_live"]["median"]]
+        labels.append("initial\nfirst visit")
+        vals.append(i["rows_per_s_open_to_live"]["median"])
+    if (i.get("streamed_rows_per_s_open_to_live") or {}).get("median"):
+        labels.append("initial, streamed\nfirst visit")
+        vals.append(i["streamed_rows_per_s_open_to_live"]["median"])
+    if (i.get("returning_rows_per_s_open_to_live") or {}).get("median"):
+        labels.append("initial, new db\nreturning browser")
+        vals.append(i["returning_rows_per_s_open_to_live"]["median"])
     if c.get("changes_per_s"):
         labels.append("catchup 10k")
         vals.append(c["changes_per_s"]["median"])
