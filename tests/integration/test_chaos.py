@@ -241,7 +241,8 @@ async def test_server_killed_mid_initial_sync_never_shows_half_a_snapshot(
         if progress is not None and progress.table == "tasks" and progress.chunk >= 3:
             chunk_seen.set()
 
-    fresh = await world.open(server.ws_url, "fresh")
+    # The streamed initial sync (a new file would otherwise start from the server's image).
+    fresh = await world.open(server.ws_url, "fresh", bootstrap=False)
     fresh.on_status(on_status)
 
     async def sample() -> None:

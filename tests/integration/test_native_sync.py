@@ -80,7 +80,8 @@ async def test_initial_sync_of_thousands_of_rows_arrives_in_chunks(
     assert len(server_rows(server, "projects")) == 3000
 
     seen: list[SyncStatus] = []
-    reader = await open_client(server, "reader")
+    # Streamed (a new file would otherwise start from the server's image: the next test).
+    reader = await open_client(server, "reader", bootstrap=False)
     reader.on_status(seen.append)
     await reader.wait_until_synced(SYNC_TIMEOUT)
     assert strip(await rows(reader, "projects"), "name") == strip(
@@ -90,6 +91,46 @@ async def test_initial_sync_of_thousands_of_rows_arrives_in_chunks(
     progress = [s.init_progress for s in seen if s.init_progress is not None]
     assert progress, "the initial sync reported no progress"
     assert progress[-1].rows == 3000 and progress[-1].chunk == progress[-1].total
+
+
+async def test_a_new_file_starts_from_the_servers_image_then_catches_up_and_syncs(
+    server: Any, open_client: Open, tmp_path: Path
+) -> None:
+    """``GET /api/bootstrap`` for the native client: no snapshot streamed (no progress),
+    the image's rows, the changes written after the image in the catchup, and a write
+    from the new client reaches the others."""
+    writer = await open_client(server, "writer")
+    ids = await seed_projects(writer, 1500)
+    await writer.wait_until_synced(SYNC_TIMEOUT)
+    first = await open_client(server, "first")  # builds the image
+    await first.wait_until_synced(SYNC_TIMEOUT)
+    assert server.health()["bootstrap"]["built"] == 1
+    await writer.update("projects", {"id": ids[3], "name": "after the image"})
+    await writer.wait_until_synced(SYNC_TIMEOUT)
+
+    seen: list[SyncStatus] = []
+    late = await open_client(server, "late")
+    late.on_status(seen.append)
+    await late.wait_until_synced(SYNC_TIMEOUT)
+    assert server.health()["bootstrap"] == {
+        **server.health()["bootstrap"],
+        "served": 2,
+        "built": 1,
+    }
+    assert not [s for s in seen if s.init_progress is not None], "a snapshot was streamed"
+    for table in ("projects", "tasks"):
+        assert await rows(late, table) == server_rows(server, table)
+    assert late.status.lsn == writer.status.lsn
+    assert late.client_id not in (first.client_id, writer.client_id)
+    await late.insert("projects", {"id": "from-late", "name": "late"})
+    await late.wait_until_synced(SYNC_TIMEOUT)
+    await eventually(lambda: _has(writer, "projects", "from-late"))
+    # The image's WAL was checkpointed into the file a moment later.
+    await eventually(lambda: _file_holds_rows(tmp_path / "late.db"))
+
+
+async def _file_holds_rows(path: Path) -> bool:
+    return path.stat().st_size > 50_000  # 1,500 projects; an empty file is one page
 
 
 @pytest.mark.parametrize(

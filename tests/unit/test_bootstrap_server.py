@@ -181,3 +181,21 @@ def test_adopt_download_reports_what_happened_and_streams_on_anything_but_a_good
     assert (report["rows"], report["bytes"]) == (30, len(good))
     assert report["lsn"] == f"0/{image.lsn:X}"
     assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 30
+
+
+@pytest.mark.parametrize(
+    ("sync_url", "expected"),
+    [
+        ("ws://h:1/api/sync", "http://h:1/api/bootstrap?pageSize=4096"),
+        ("wss://h/app/api/sync?token=t", "https://h/app/api/bootstrap?token=t&pageSize=4096"),
+        ("ws://h/api/sync?pageSize=1", "http://h/api/bootstrap?pageSize=4096"),
+        ("ftp://h/api/sync", None),
+        ("not a url", None),
+    ],
+)
+def test_the_native_client_asks_for_the_image_beside_its_sync_endpoint(
+    sync_url: str, expected: str | None
+) -> None:
+    from tidesync.native.bootstrap import bootstrap_url
+
+    assert bootstrap_url(sync_url, 4096) == expected

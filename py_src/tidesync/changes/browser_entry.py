@@ -215,17 +215,9 @@ async def start(bridge: Any) -> None:
     schema = Schema.from_sql(config["schema"]) if config.get("schema") else Schema.demo()
     conn = open_connection(str(config["dbPath"]), pragmas)
     pending_image = getattr(bridge, "bootstrap", None)
-    bootstrap, auto = None, None
-    if pending_image:
-        # An adopted image is all in the WAL: no auto-checkpoint on open (``checkpoint_later``).
-        auto = int(conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
-        conn.execute("PRAGMA wal_autocheckpoint = 0")
-        bootstrap = await adopt_download(conn, schema, pending_image)
-        if not (bootstrap and bootstrap["used"]):
-            conn.execute(f"PRAGMA wal_autocheckpoint = {auto}")
-    worker = ChangesWorker(conn, schema)
-    if bootstrap and bootstrap["used"]:
-        worker.checkpoint_later(auto)
+    bootstrap = await adopt_download(conn, schema, pending_image) if pending_image else None
+    # An adopted image is all in the WAL: checkpointed a moment later, not on open.
+    worker = ChangesWorker(conn, schema, defer_checkpoint=bool(bootstrap and bootstrap["used"]))
     sync_port = bridge.syncPort
     proxies = ProxyGroup()
     tasks: set[asyncio.Future[Any]] = set()

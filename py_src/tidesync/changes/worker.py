@@ -84,7 +84,10 @@ class ChangesWorker:
         retry_policy: RetryPolicy | None = None,
         random: Callable[[], float] | None = None,
         pragmas: Mapping[str, str | int] | None = None,
+        defer_checkpoint: bool = False,
     ) -> None:
+        """``defer_checkpoint``: the database starts with a whole snapshot in its WAL (an
+        adopted bootstrap image): ``checkpoint_later`` from the first statement on."""
         if isinstance(conn_or_path, sqlite3.Connection):
             self._conn = conn_or_path
             self._conn.isolation_level = None
@@ -92,6 +95,10 @@ class ChangesWorker:
             self._conn.execute("PRAGMA foreign_keys = ON")
         else:
             self._conn = open_connection(conn_or_path, pragmas)
+        # ``checkpoint_later``: SQLite's auto-checkpoint, held off until the deferred one.
+        self._restore_autocheckpoint: int | None = None
+        if defer_checkpoint:
+            self.checkpoint_later()
         self.schema = schema or Schema.demo()
         self._sleep = sleep
         self._retry = RetryManager(retry_policy or RetryPolicy())
@@ -122,8 +129,6 @@ class ChangesWorker:
         # ``arm_local_changes``: the next local commit reads this many unsynced changes
         # for its ``on_local_change`` listeners (None: it reads nothing).
         self._carry_limit: int | None = None
-        # ``checkpoint_later``: SQLite's auto-checkpoint, held off until the deferred one.
-        self._restore_autocheckpoint: int | None = None
         self._closed = False
 
     @classmethod
@@ -380,18 +385,17 @@ class ChangesWorker:
         self.checkpoint_later()
         return _outcome(result.lsn, result.applied, result.skipped, result.failed, result.tables)
 
-    def checkpoint_later(self, autocheckpoint: int | None = None) -> None:
+    def checkpoint_later(self) -> None:
         """Checkpoint the WAL a snapshot left (a streamed snapshot's commit, or an adopted
         bootstrap image) ``CHECKPOINT_DELAY_S`` from now, off the path to live.
 
         SQLite's auto-checkpoint is held off until then: otherwise the next commit (the
         catchup's first batch, the triggers' refresh on open) would copy the snapshot's
-        whole WAL (~17 MB per 100k demo rows) on that path.  ``autocheckpoint``: the
-        caller turned it off already, and it was this.
+        whole WAL (~17 MB per 100k demo rows) on that path.
         """
         if self._restore_autocheckpoint is None:
-            current = int(self._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
-            self._restore_autocheckpoint = current if autocheckpoint is None else autocheckpoint
+            auto = int(self._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+            self._restore_autocheckpoint = auto
             self._conn.execute("PRAGMA wal_autocheckpoint = 0")
         asyncio.get_running_loop().call_later(CHECKPOINT_DELAY_S, self._checkpoint_soon)
 

@@ -140,11 +140,23 @@ async def _open(
     schema_sql: str | None,
     heartbeat_interval: float,
     now_ms: Callable[[], int] | None,
+    bootstrap: bool,
     sync_options: dict[str, Any],
 ) -> Client:
+    from tidesync.changes.db import open_connection
     from tidesync.changes.worker import ChangesWorker
+    from tidesync.native.bootstrap import is_new_database, start_from_image
+    from tidesync.schema import Schema
 
-    changes = await ChangesWorker.open(db_path, schema_sql=schema_sql, now_ms=now_ms)
+    if bootstrap and is_new_database(db_path):
+        schema = Schema.from_sql(schema_sql) if schema_sql else Schema.demo()
+        conn = open_connection(db_path)
+        image = await start_from_image(conn, schema, url)
+        if image is not None:
+            log.info("%s starts from the server's image: %d rows", db_path, image.rows)
+        changes = ChangesWorker(conn, schema, now_ms=now_ms, defer_checkpoint=image is not None)
+    else:
+        changes = await ChangesWorker.open(db_path, schema_sql=schema_sql, now_ms=now_ms)
     if now_ms is not None:
         sync_options.setdefault("wall_ms", now_ms)
     sync = SyncWorker(
@@ -195,6 +207,7 @@ def connect(
     schema_sql: str | None = None,
     heartbeat_interval: float = 5.0,
     now_ms: Callable[[], int] | None = None,
+    bootstrap: bool = True,
     **sync_options: Any,
 ) -> _Connecting:
     """Open ``db_path`` and sync it with the server at ``url`` (``ws://host:port/api/sync``).
@@ -202,6 +215,11 @@ def connect(
     ``schema_sql`` is the app's ``CREATE TABLE`` SQL (default: the demo schema).
     ``now_ms`` replaces the wall clock (ms since the epoch) of this client: the
     hybrid logical clock that stamps local changes, and message timestamps.
+    ``bootstrap``: a file that does not exist yet starts from the server's image of the
+    database (``GET /api/bootstrap``, docs/protocol.md) and only catches up; False
+    streams the initial sync.
     ``sync_options`` go to ``SyncWorker`` (``batch_size``, ``backoff``...).
     """
-    return _Connecting(url, str(db_path), schema_sql, heartbeat_interval, now_ms, sync_options)
+    return _Connecting(
+        url, str(db_path), schema_sql, heartbeat_interval, now_ms, bootstrap, sync_options
+    )
