@@ -199,3 +199,36 @@ def test_the_native_client_asks_for_the_image_beside_its_sync_endpoint(
     from tidesync.native.bootstrap import bootstrap_url
 
     assert bootstrap_url(sync_url, 4096) == expected
+
+
+def test_an_adopted_image_is_checkpointed_a_moment_later_not_on_open(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The image lands in the WAL; neither the adoption nor the worker's open (nor the
+    first statement after them) copies it into the file: the deferred checkpoint does,
+    and puts SQLite's auto-checkpoint back."""
+    from tidesync.changes import worker as worker_module
+    from tidesync.changes.worker import ChangesWorker
+
+    monkeypatch.setattr(worker_module, "CHECKPOINT_DELAY_S", 0.05)
+    _write(store, 2000, "a")  # ~90 pages of 2 KiB in the image: over the threshold below
+    image = asyncio.run(BootstrapImages(store, min_rows=10).get(2048))
+    assert image is not None
+    path = tmp_path / "ckpt.db"
+    conn = open_connection(str(path), {**BROWSER, "wal_autocheckpoint": 10})
+    raw = gzip.decompress(image.gzipped)
+    adopt_image(conn, Schema.demo(), raw)
+
+    async def scenario() -> None:
+        worker = ChangesWorker(conn, Schema.demo(), defer_checkpoint=True)
+        await worker.insert("projects", {"id": "local", "name": "a local write"})
+        assert path.stat().st_size <= 2048, "the image was copied into the file on open"
+        for _ in range(200):
+            if path.stat().st_size > 2048:
+                break
+            await asyncio.sleep(0.01)
+        assert path.stat().st_size >= len(raw), "the WAL was never checkpointed"
+        assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 10
+        await worker.close()
+
+    asyncio.run(scenario())

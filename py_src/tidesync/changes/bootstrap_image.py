@@ -138,6 +138,10 @@ def adopt_image(conn: sqlite3.Connection, schema: Schema, image: bytes) -> Image
         conn.execute("PRAGMA wal_autocheckpoint = 0")
         try:
             copy.backup(conn)
+            # SQLite hands the backup's WAL frames to its auto-checkpoint when the next
+            # statement ends: let that be this one, while it is off (else whichever statement
+            # came next would copy the whole image into the file, on the path to live).
+            conn.execute("SELECT 1").fetchone()
         finally:
             conn.execute(f"PRAGMA wal_autocheckpoint = {auto}")
     finally:
