@@ -58,6 +58,11 @@ def _serve(args: argparse.Namespace) -> int:
         allow_seed=args.allow_seed,
         snapshot_cache_bytes=int(args.snapshot_cache_mib * (1 << 20)),
         bootstrap_bytes=int(args.bootstrap_mib * (1 << 20)),
+        **(
+            {}
+            if args.bootstrap_min_rows is None
+            else {"bootstrap_min_rows": args.bootstrap_min_rows}
+        ),
     )
     gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
     gc.freeze()  # what import and setup made lives as long as the process: never scan it
@@ -120,6 +125,12 @@ def _parser() -> argparse.ArgumentParser:
         help="serve new clients their whole database as one SQLite file (GET /api/bootstrap), "
         "keeping the newest image up to this size, gzipped (0: no images, clients stream the "
         "initial sync)",
+    )
+    serve.add_argument(
+        "--bootstrap-min-rows",
+        type=int,
+        default=None,
+        help="snapshots with fewer rows get no image: new clients stream them (default 10,000)",
     )
     serve.add_argument("--log-level", default="INFO")
     serve.set_defaults(func=_serve)

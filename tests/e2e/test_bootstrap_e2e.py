@@ -12,7 +12,7 @@ import pytest
 from browser_harness import SITE_DIR
 from tests.helpers.browser_db import page_query, server_rows
 
-SEEDED = 3000  # above the server's 1,000-row floor for images
+SEEDED = 3000  # above the 1,000-row floor for images these servers get
 OPEN_DB = """async ({name, url, bootstrap}) => {
   const {TideSync} = await import('/js/tidesync.mjs');
   window.db = await TideSync.open({name, url, heartbeatInterval: 1, bootstrap});
@@ -30,7 +30,7 @@ def seeded_server(tmp_path: Path, server_factory: Callable[..., Any]) -> Any:
 
     db_path = tmp_path / "seeded.db"
     seed_tasks(db_path, SEEDED)
-    return server_factory(site=str(SITE_DIR), heartbeat=1, db=str(db_path))
+    return server_factory(site=str(SITE_DIR), heartbeat=1, db=str(db_path), bootstrap_min_rows=1000)
 
 
 def _open(context: Any, server: Any, name: str, bootstrap: bool = True) -> tuple[Any, Any]:

@@ -94,11 +94,12 @@ async def test_initial_sync_of_thousands_of_rows_arrives_in_chunks(
 
 
 async def test_a_new_file_starts_from_the_servers_image_then_catches_up_and_syncs(
-    server: Any, open_client: Open, tmp_path: Path
+    server_factory: Callable[..., Any], open_client: Open, tmp_path: Path
 ) -> None:
     """``GET /api/bootstrap`` for the native client: no snapshot streamed (no progress),
     the image's rows, the changes written after the image in the catchup, and a write
     from the new client reaches the others."""
+    server = server_factory(bootstrap_min_rows=1000)
     writer = await open_client(server, "writer")
     ids = await seed_projects(writer, 1500)
     await writer.wait_until_synced(SYNC_TIMEOUT)

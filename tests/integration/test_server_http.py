@@ -99,7 +99,7 @@ def test_bootstrap_serves_a_checked_database_image_gzipped_built_once_per_lsn(
 ) -> None:
     import gzip
 
-    server = server_factory(allow_seed=True)
+    server = server_factory(allow_seed=True, bootstrap_min_rows=1000)
     assert _post(server.http_url + "/api/seed?tasks=1500")[0] == 200
     url = server.http_url + "/api/bootstrap?pageSize=2048"
     status, headers, body = _bootstrap(url)
