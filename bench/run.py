@@ -647,18 +647,18 @@ def bench_initial_and_catchup(
             "details": details,
             "streamed_rows_per_s_open_to_live": summary(streamed),
             "streamed_details": streamed_details,
-            "image_fetch_ms": summary(
-                [d["bootstrap"]["fetchMs"] for d in details if (d["bootstrap"] or {}).get("used")]
-            ),
-            "image_check_ms": summary(
-                [d["bootstrap"]["checkMs"] for d in details if (d["bootstrap"] or {}).get("used")]
-            ),
-            "image_verify_ms": summary(
-                [d["bootstrap"]["verifyMs"] for d in details if (d["bootstrap"] or {}).get("used")]
-            ),
-            "image_copy_ms": summary(
-                [d["bootstrap"]["copyMs"] for d in details if (d["bootstrap"] or {}).get("used")]
-            ),
+            # The first visits' ``status.bootstrap`` timings, of those that used the image.
+            **{
+                f"image_{name}_ms": summary(
+                    [b[key] for d in details if (b := d["bootstrap"] or {}).get("used")]
+                )
+                for name, key in (
+                    ("fetch", "fetchMs"),
+                    ("check", "checkMs"),
+                    ("verify", "verifyMs"),
+                    ("copy", "copyMs"),
+                )
+            },
             "returning_rows_per_s_open_to_live": summary(returning),
             "returning_details": returning_details,
             # Initial syncs the server answered from its kept snapshot (snapshot_cache.py):

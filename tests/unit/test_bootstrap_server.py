@@ -10,13 +10,13 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from tests.helpers.server_writes import task_inserts
 
 from tidesync.changes.bootstrap_image import adopt_image
 from tidesync.changes.db import open_connection
 from tidesync.schema import Schema
 from tidesync.server.bootstrap import BootstrapImages
 from tidesync.server.store import Store
-from tidesync.worker_sync.shared.message_types import Operation, TableChange
 
 BROWSER = {"page_size": 2048, "locking_mode": "EXCLUSIVE", "journal_mode": "WAL"}
 
@@ -25,18 +25,8 @@ def _write(store: Store, n: int, prefix: str) -> None:
     """``n`` task inserts through the server's own apply path (each moves the LSN)."""
     from tidesync.server.apply import apply_changes
 
-    changes = [
-        TableChange(
-            id=f"w-{prefix}-{i}",
-            table="tasks",
-            operation=Operation.INSERT,
-            data={"id": f"{prefix}{i}", "title": f"title {i} ü"},
-            updated_at="2030-01-01T00:00:00.000Z",
-        )
-        for i in range(n)
-    ]
     with store.write_lock:
-        apply_changes(store.writer, store.schema, "writer", changes)
+        apply_changes(store.writer, store.schema, "writer", task_inserts(n, prefix))
 
 
 def _client(tmp_path: Path, name: str, image: bytes) -> sqlite3.Connection:

@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.helpers.server_writes import task_inserts
 
 from tidesync.server.hub import Hub
 from tidesync.server.session import Output, Phase, Session, SessionConfig, open_session
 from tidesync.server.snapshot_cache import SnapshotCache
 from tidesync.server.store import Store
 from tidesync.worker_sync.shared import message_types as mt
-from tidesync.worker_sync.shared.message_types import Operation, TableChange, encode_message
+from tidesync.worker_sync.shared.message_types import encode_message
 
 NOW = 1_700_000_000_000
 CONFIG = SessionConfig(init_chunk_rows=4, init_window=2)
@@ -29,17 +30,7 @@ def _hub(tmp_path: Path, **cache: Any) -> Hub:
 
 
 def _write(hub: Hub, n: int, prefix: str) -> None:
-    changes = [
-        TableChange(
-            id=f"w-{prefix}-{i}",
-            table="tasks",
-            operation=Operation.INSERT,
-            data={"id": f"{prefix}{i}", "title": f"title {i} ü"},
-            updated_at="2030-01-01T00:00:00.000Z",
-        )
-        for i in range(n)
-    ]
-    hub.apply("w", changes)
+    hub.apply("w", task_inserts(n, prefix))
     hub.poll()
 
 

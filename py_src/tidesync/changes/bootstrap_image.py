@@ -120,14 +120,16 @@ def build_image(
 def adopt_image(conn: sqlite3.Connection, schema: Schema, image: bytes) -> ImageInfo:
     """Check ``image`` and make it the whole content of the empty database ``conn``.
 
-    Raises ``ImageRejected`` (``conn`` untouched) when ``conn`` is not empty or the
-    image fails a check (see the module docstring).  ``conn`` must not be in a
-    transaction.  Its auto-checkpoint is held off for the copy: the caller
-    checkpoints the image's WAL later, as after a streamed snapshot's commit.
+    Raises ``ImageRejected`` (``conn`` untouched) when ``conn`` is not empty, the
+    image fails a check (see the module docstring) or the copy fails and rolls back
+    (e.g. storage full); any other error (a copy that left ``conn`` not empty) is
+    raised as it is.  ``conn`` must not be in a transaction.  Its auto-checkpoint is
+    held off for the copy: the caller checkpoints the image's WAL later, as after a
+    streamed snapshot's commit.
     """
     page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
     _check_header(image, page_size)
-    if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+    if not _is_empty(conn):
         raise ImageRejected("the database is not empty")
     started = time.perf_counter()
     copy = _private_copy(image)
@@ -142,12 +144,20 @@ def adopt_image(conn: sqlite3.Connection, schema: Schema, image: bytes) -> Image
             # statement ends: let that be this one, while it is off (else whichever statement
             # came next would copy the whole image into the file, on the path to live).
             conn.execute("SELECT 1").fetchone()
+        except sqlite3.Error as exc:
+            if not _is_empty(conn):
+                raise  # never a refusal that leaves a half-made database behind
+            raise ImageRejected(f"could not be copied in: {exc}") from None
         finally:
             conn.execute(f"PRAGMA wal_autocheckpoint = {auto}")
     finally:
         copy.close()
     copied = time.perf_counter()
     return replace(info, check_ms=(checked - started) * 1000, copy_ms=(copied - checked) * 1000)
+
+
+def _is_empty(conn: sqlite3.Connection) -> bool:
+    return not conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
 
 
 def _check_header(image: bytes, page_size: int) -> None:

@@ -15,7 +15,6 @@ import asyncio
 import json
 import logging
 import re
-import sqlite3
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any
@@ -392,13 +391,7 @@ async def adopt_download(conn: Any, schema: Schema, download: Any) -> dict[str, 
     started = time.perf_counter()
     try:
         info = adopt_image(conn, schema, image)
-    except (ImageRejected, sqlite3.Error) as exc:
-        # A failed copy (e.g. storage full) rolled back: the database must still be empty.
-        if (
-            not isinstance(exc, ImageRejected)
-            and conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-        ):
-            raise
+    except ImageRejected as exc:  # the database is still empty: the initial sync streams
         log.warning("bootstrap image not used: %s", exc)
         report["reason"] = str(exc)
         return report

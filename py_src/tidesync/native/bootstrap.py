@@ -78,9 +78,8 @@ async def start_from_image(
         if image is None:
             return None
         return adopt_image(conn, schema, image)
-    except (OSError, EOFError, ValueError, sqlite3.Error) as exc:  # ImageRejected is a ValueError
-        if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
-            raise  # not a clean refusal: never go on with a half-made database
+    # The download's errors, and ``ImageRejected`` (a ``ValueError``): ``conn`` is untouched.
+    except (OSError, EOFError, ValueError) as exc:
         log.warning("bootstrap image not used: %s", exc)
         return None
 

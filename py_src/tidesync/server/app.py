@@ -356,7 +356,7 @@ async def _bootstrap(request: Request) -> Response:
     }
     if gzip_ok:
         headers["Content-Encoding"] = "gzip"
-    body = image.gzipped if gzip_ok else await asyncio.to_thread(image.body, False)
+    body = image.gzipped if gzip_ok else await asyncio.to_thread(image.plain)
     return Response(body, media_type="application/vnd.sqlite3", headers=headers)
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from tidesync.changes.bootstrap_image import build_image, check_page_size
 from tidesync.server.snapshot import Snapshot
-from tidesync.server.snapshot_cache import DEFAULT_MAX_LAG
+from tidesync.server.snapshot_cache import DEFAULT_MAX_LAG, still_fresh
 from tidesync.server.store import Store
 
 __all__ = ["BootstrapImages", "KeptImage"]
@@ -53,8 +53,9 @@ class KeptImage:
     size: int  # bytes of the file itself
     gzipped: bytes
 
-    def body(self, gzip_ok: bool) -> bytes:
-        return self.gzipped if gzip_ok else gzip.decompress(self.gzipped)
+    def plain(self) -> bytes:
+        """The file itself, for a client that does not take gzip."""
+        return gzip.decompress(self.gzipped)
 
 
 class BootstrapImages:
@@ -72,8 +73,8 @@ class BootstrapImages:
         self.max_bytes = max_bytes
         self.max_lag = max_lag
         self.min_rows = min_rows
-        self._kept: dict[int, KeptImage | None] = {}  # None: too few rows at that LSN
-        self._kept_lsn: dict[int, int] = {}
+        # Per page size: the LSN of the last build and its image (None: too few rows then).
+        self._kept: dict[int, tuple[int, KeptImage | None]] = {}
         self._building: dict[int, asyncio.Future[KeptImage | None]] = {}
         #: Images served, and images built (for health and tests).
         self.served = 0
@@ -83,8 +84,11 @@ class BootstrapImages:
         """The image for ``page_size`` at a recent LSN, or None when the snapshot is small."""
         check_page_size(page_size)
         current = await asyncio.to_thread(self._store.current_lsn)
-        if page_size in self._kept and self._fresh(page_size, current):
-            image = self._kept[page_size]
+        kept = self._kept.get(page_size)
+        if kept is not None and still_fresh(
+            kept[0], kept[1].rows if kept[1] is not None else 0, current, self.max_lag
+        ):
+            image = kept[1]
         else:
             building = self._building.get(page_size)
             if building is None:
@@ -95,12 +99,6 @@ class BootstrapImages:
         if image is not None:
             self.served += 1
         return image
-
-    def _fresh(self, page_size: int, current_lsn: int) -> bool:
-        image = self._kept[page_size]
-        rows = image.rows if image is not None else 0
-        lag = current_lsn - self._kept_lsn[page_size]
-        return 0 <= lag <= min(self.max_lag, rows // 10)
 
     def _build(self, page_size: int) -> KeptImage | None:
         started = time.perf_counter()
@@ -119,8 +117,7 @@ class BootstrapImages:
         finally:
             snapshot.close()
         if image is None or len(image.gzipped) <= self.max_bytes:
-            self._kept[page_size] = image
-            self._kept_lsn[page_size] = lsn
+            self._kept[page_size] = (lsn, image)
         if image is not None:
             self.built += 1
             log.info(
@@ -134,7 +131,7 @@ class BootstrapImages:
         return image
 
     def stats(self) -> dict[str, Any]:
-        images = [i for i in self._kept.values() if i is not None]
+        images = [i for _, i in self._kept.values() if i is not None]
         newest = max(images, key=lambda i: i.lsn, default=None)
         return {
             "served": self.served,

@@ -31,7 +31,13 @@ from dataclasses import dataclass, field
 from tidesync.schema import Schema
 from tidesync.server.snapshot import Snapshot
 
-__all__ = ["CachedSnapshot", "EncodedSnapshot", "RecordingSnapshot", "SnapshotCache"]
+__all__ = [
+    "CachedSnapshot",
+    "EncodedSnapshot",
+    "RecordingSnapshot",
+    "SnapshotCache",
+    "still_fresh",
+]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +47,15 @@ DEFAULT_MAX_BYTES = 64 << 20
 DEFAULT_MAX_LAG = 10_000
 
 SnapshotKey = tuple[tuple[tuple[str, tuple[str, ...]], ...], int]
+
+
+def still_fresh(kept_lsn: int, kept_rows: int, current_lsn: int, max_lag: int) -> bool:
+    """Whether a snapshot kept at ``kept_lsn`` is still a good start for a new client: the
+    changes since are at most a tenth of its rows and at most ``max_lag`` (past that a new
+    read costs less than the catchup).  The kept snapshot and the bootstrap image share it.
+    """
+    lag = current_lsn - kept_lsn
+    return 0 <= lag <= min(max_lag, kept_rows // 10)
 
 
 def snapshot_key(schema: Schema, chunk_rows: int) -> SnapshotKey:
@@ -158,7 +173,11 @@ class SnapshotCache:
         key = snapshot_key(schema, chunk_rows)
         with self._lock:
             kept = self._kept
-            if kept is not None and kept.key == key and self._fresh(kept, current_lsn):
+            if (
+                kept is not None
+                and kept.key == key
+                and still_fresh(kept.lsn, kept.rows, current_lsn, self.max_lag)
+            ):
                 self.hits += 1
                 return CachedSnapshot(kept)
         snapshot = open_snapshot()
@@ -173,10 +192,6 @@ class SnapshotCache:
             recording = _Recording(key, snapshot.lsn, counts, expected)
             self._recording = recording
         return RecordingSnapshot(snapshot, self, recording)
-
-    def _fresh(self, kept: EncodedSnapshot, current_lsn: int) -> bool:
-        lag = current_lsn - kept.lsn
-        return 0 <= lag <= min(self.max_lag, kept.rows // 10)
 
     def publish(self, recording: _Recording) -> None:
         encoded = EncodedSnapshot(
