@@ -28,14 +28,15 @@ compiled again in wasm. build/precompile.mjs runs the pinned Pyodide under Node 
 serve ``pyodide/python_stdlib.zip`` as ``.pyc`` (Pyodide's own "pyc" distribution)
 and to add ``__pycache__`` bytecode to the wheel (sources kept); see precompile.py.
 
-Memory snapshot (opt-in, ``TIDESYNC_SITE_SNAPSHOT=1``): a first visit has no stored
-snapshot and boots the interpreter and imports every module before anything is readable.
-build/make_snapshot.mjs takes that heap at build time (the site's own Pyodide, stdlib,
-wheel and js/boot.mjs) and the manifest names it with what it was made from;
-js_shim/boot.mjs restores it when it matches and stores it for the next start. Off by
-default: measured (docs/performance.md) it makes a first visit readable ~0.5 s sooner but
-warm starts ~50-100 ms slower and a first visit's 100k-row initial sync slower, because
-V8 then tiers the wasm up later (during the sync) and caches less optimised code.
+Memory snapshot (on by default; ``TIDESYNC_SITE_SNAPSHOT=0`` builds a site without one): a
+first visit has no stored snapshot and would boot the interpreter and import every module
+before anything is readable. build/make_snapshot.mjs takes that heap at build time (the
+site's own Pyodide, stdlib, wheel and js/boot.mjs) and the manifest names it with what it
+was made from; js_shim/boot.mjs restores it when it matches and stores it for the next
+start. Measured (docs/performance.md): a first visit is readable ~0.5 s sooner and a
+100k-row first visit (the server's image) live ~0.5 s sooner; a reload at the very moment
+the first visit went live is ~0.1 s slower (V8 had not yet cached its optimised code),
+after a few seconds of use it is not.
 
 Idempotent: running it twice with nothing changed copies nothing and runs neither
 npm nor pip.
@@ -252,7 +253,7 @@ def build_snapshot(wheel: Path, made_from: dict[str, str]) -> dict[str, object] 
     module list (js_shim/boot.mjs, make_snapshot.mjs). The entry records ``made_from``, so
     a page never restores it with other files.
     """
-    if os.environ.get("TIDESYNC_SITE_SNAPSHOT", "0") != "1":
+    if os.environ.get("TIDESYNC_SITE_SNAPSHOT", "1") != "1":
         shutil.rmtree(SITE / "snapshot", ignore_errors=True)
         return None
     steps = hash_inputs([BUILD / "package-lock.json", MAKE_SNAPSHOT, ROOT / "js_shim" / "boot.mjs"])

@@ -1,16 +1,17 @@
 """Startup from Pyodide's memory snapshot (js_shim/boot.mjs) in real Chromium.
 
-The first open boots Pyodide normally in the Changes Worker and takes a snapshot of
-its heap with tidesync imported, stored in the background (the database does not wait
-for it); the Sync Worker, started once local data is readable, restores that heap
-(handed over by the page, with the compiled wasm), and every later open boots from the
-stored one. The
-snapshot is keyed by the wheel's SHA-256 (a new wheel never restores the old one's
-modules) and a snapshot that does not load falls back to a normal boot.
+``make site`` ships a snapshot, taken at build time under Node (build/make_snapshot.mjs):
+a first visit restores it instead of booting normally, when it was made from the site's
+own Pyodide, stdlib and wheel, and stores it for the next start.
 
-A site built with ``TIDESYNC_SITE_SNAPSHOT=1`` also ships the snapshot, taken at build
-time under Node (build/make_snapshot.mjs): a first visit restores it instead of booting
-normally, when it was made from the site's own Pyodide, stdlib and wheel.
+Without a usable one (a site built with ``TIDESYNC_SITE_SNAPSHOT=0``, a new wheel deployed
+without a new snapshot, a broken file) the first open boots Pyodide normally in the
+Changes Worker and takes a snapshot of its heap with tidesync imported, stored in the
+background (the database does not wait for it). Either way the Sync Worker, started once
+local data is readable, restores that heap (handed over by the page, with the compiled
+wasm), and every later open boots from the stored one. The snapshot is keyed by the
+wheel's SHA-256 (a new wheel never restores the old one's modules) and a snapshot that
+does not load falls back to a normal boot.
 """
 
 from __future__ import annotations
@@ -105,6 +106,13 @@ def _manifest(site: Path) -> dict[str, Any]:
     return json.loads((site / "manifest.json").read_text())  # type: ignore[no-any-return]
 
 
+def _without_site_snapshot(site: Path) -> None:
+    """What a site built with ``TIDESYNC_SITE_SNAPSHOT=0`` serves: no shipped heap."""
+    manifest = _manifest(site)
+    manifest.pop("snapshot", None)
+    (site / "manifest.json").write_text(json.dumps(manifest))
+
+
 def _deploy_new_wheel(site: Path, mark: int) -> dict[str, Any]:
     """Deploy a different wheel at the same origin (one more file in the archive) and
     return the manifest naming its hash; everything else in the manifest is kept."""
@@ -120,10 +128,11 @@ def _deploy_new_wheel(site: Path, mark: int) -> dict[str, Any]:
 def test_warm_start_boots_both_workers_from_the_snapshot(
     context: Any, server: Any, site_copy: Path
 ) -> None:
+    _without_site_snapshot(site_copy)
     page = _open(context, server)
-    # Cold: the Changes Worker takes the snapshot before opening the database and the
-    # Sync Worker (started after it) boots from that heap, running the wasm the Changes
-    # Worker compiled.
+    # Cold, no snapshot shipped: the Changes Worker takes one before opening the database
+    # and the Sync Worker (started after it) boots from that heap, running the wasm the
+    # Changes Worker compiled.
     assert _boot(page) == {"changes": "made", "sync": "loaded", "syncWasm": "shared"}
     page.evaluate("db.insert('tasks', {id: 'snap-1', title: 'written before the reload'})")
     page.wait_for_function(LIVE, timeout=TIMEOUT_MS)
@@ -236,8 +245,9 @@ def _server_titles(server: Any, task_id: str) -> list[tuple[str]]:
 
 
 def _ship_site_snapshot(site: Path) -> dict[str, Any]:
-    """What ``TIDESYNC_SITE_SNAPSHOT=1 make site`` adds to a site: the real build, run on
-    this copy (nothing else in it changes: the wheel and stdlib stamps match)."""
+    """The snapshot ``make site`` ships (``TIDESYNC_SITE_SNAPSHOT=1``, the default): the
+    real build, run on this copy, so the test holds for a site built without one too
+    (nothing else in it changes: the wheel and stdlib stamps match)."""
     env = {**os.environ, "TIDESYNC_SITE_DIR": str(site), "TIDESYNC_SITE_SNAPSHOT": "1"}
     subprocess.run(
         [sys.executable, str(ROOT / "build" / "build_site.py")],
