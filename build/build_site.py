@@ -12,7 +12,7 @@ Layout produced::
                               (the package's, compiled to bytecode)
       wheels/tidesync-*.whl   the pure-Python wheel built from this repository (plus bytecode)
       js/                     js_shim/ (worker bootstraps, OPFS file system, page API)
-      snapshot/<key>.bin.gz   opt-in: the workers' Pyodide memory snapshot for a first
+      snapshot/<key>.pages.gz the workers' Pyodide memory snapshot for a first
                               visit, taken under Node by build/make_snapshot.mjs (gzipped)
 
 Pyodide comes from the npm package ``pyodide`` pinned in build/package.json and
@@ -246,7 +246,7 @@ def build_wheel(pkg_dir: Path, inputs_hash: str) -> Path:
 
 
 def build_snapshot(wheel: Path, made_from: dict[str, str]) -> dict[str, object] | None:
-    """The site's memory snapshot (``snapshot/<key>.bin.gz``) and its manifest entry.
+    """The site's memory snapshot (``snapshot/<key>.pages.gz``) and its manifest entry.
 
     Redone when anything the heap holds changes: Pyodide (the lock), the stdlib zip, the
     wheel (``made_from``: the manifest's version and hashes of them), or the boot steps and
@@ -256,10 +256,17 @@ def build_snapshot(wheel: Path, made_from: dict[str, str]) -> dict[str, object] 
     if os.environ.get("TIDESYNC_SITE_SNAPSHOT", "1") != "1":
         shutil.rmtree(SITE / "snapshot", ignore_errors=True)
         return None
-    steps = hash_inputs([BUILD / "package-lock.json", MAKE_SNAPSHOT, ROOT / "js_shim" / "boot.mjs"])
+    steps = hash_inputs(
+        [
+            BUILD / "package-lock.json",
+            MAKE_SNAPSHOT,
+            ROOT / "js_shim" / "boot.mjs",
+            ROOT / "js_shim" / "paged_heap.mjs",
+        ]
+    )
     key = hashlib.sha256(json.dumps([steps, made_from], sort_keys=True).encode()).hexdigest()[:16]
     out_dir = SITE / "snapshot"
-    dst = out_dir / f"{key}.bin.gz"
+    dst = out_dir / f"{key}.pages.gz"
     meta = out_dir / f"{key}.json"
     if not (dst.exists() and meta.exists()):
         log("taking the Pyodide memory snapshot")
@@ -278,7 +285,7 @@ def build_snapshot(wheel: Path, made_from: dict[str, str]) -> dict[str, object] 
         os.replace(tmp, dst)
         meta.write_text(json.dumps({"bytes": raw}) + "\n")
     raw_bytes = json.loads(meta.read_text())["bytes"]
-    return {"file": f"snapshot/{dst.name}", "bytes": raw_bytes, **made_from}
+    return {"file": f"snapshot/{dst.name}", "bytes": raw_bytes, "encoding": "pages", **made_from}
 
 
 # --------------------------------------------------------------------------- main

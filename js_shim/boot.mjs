@@ -9,6 +9,7 @@
  * micropip round trip is needed.
  */
 import { loadPyodide } from "../pyodide/pyodide.mjs";
+import { readPagedHeap } from "./paged_heap.mjs";
 
 /**
  * Buffer messages that arrive before Python is ready to take them.
@@ -164,11 +165,10 @@ async function readSnapshot(key) {
  * interpreter's start-up and imports every module (~0.6 s of CPU on a 2-core machine)
  * before anything is readable. `build/make_snapshot.mjs` takes the same snapshot under
  * Node at build time (the heap is the same bytes: one wasm, one stdlib, one wheel); it is
- * served gzipped (31 MB -> ~6 MB). Only sites built with `TIDESYNC_SITE_SNAPSHOT=1` ship
- * one: skipping that start-up also skips the wasm tier-up it drove, which then lands in the
- * first sync and in V8's code cache (measured in docs/performance.md).
+ * served as a gzipped paged heap (31 MB -> ~5.5 MB, paged_heap.mjs). Sites built with
+ * `TIDESYNC_SITE_SNAPSHOT=0` ship none.
  * @param {string} siteBase
- * @param {{snapshot?: {file?: string, bytes?: number, wheelSha256?: string,
+ * @param {{snapshot?: {file?: string, bytes?: number, encoding?: string, wheelSha256?: string,
  *   stdlibSha256?: string, pyodide?: string}, wheelSha256?: string, stdlibSha256?: string,
  *   pyodide?: string}} manifest
  * @returns {Promise<{heap: Promise<Uint8Array>}|null>} (wrapped: an async function
@@ -177,22 +177,19 @@ async function readSnapshot(key) {
 async function siteSnapshot(siteBase, manifest) {
   const shipped = manifest.snapshot;
   if (
-    !shipped?.file || !shipped.bytes || typeof DecompressionStream === "undefined" ||
+    !shipped?.file || !shipped.bytes || shipped.encoding !== "pages" ||
+    typeof DecompressionStream === "undefined" ||
     shipped.wheelSha256 !== manifest.wheelSha256 ||
     shipped.stdlibSha256 !== manifest.stdlibSha256 || shipped.pyodide !== manifest.pyodide
   ) return null;
   const response = await fetch(new URL(shipped.file, siteBase));
   if (!response.ok || !response.body) return null;
-  const body = shipped.file.endsWith(".gz")
-    ? response.body.pipeThrough(new DecompressionStream("gzip"))
-    : response.body;
-  const heap = new Response(body).arrayBuffer().then((buffer) => {
-    // A short heap would boot a broken Python: the build records the length.
-    if (buffer.byteLength !== shipped.bytes) {
-      throw new Error(`site snapshot: ${buffer.byteLength} bytes, expected ${shipped.bytes}`);
-    }
-    return new Uint8Array(buffer);
-  });
+  // A paged heap (paged_heap.mjs), gzipped: a short or broken one is refused there, so a
+  // heap that is not whole never boots a Python (the build records its length).
+  const heap = readPagedHeap(
+    response.body.pipeThrough(new DecompressionStream("gzip")),
+    shipped.bytes,
+  );
   heap.catch(() => {}); // awaited by the boot; a failure is reported there, once
   return { heap };
 }
