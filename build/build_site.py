@@ -262,6 +262,7 @@ def build_snapshot(wheel: Path, made_from: dict[str, str]) -> dict[str, object] 
             MAKE_SNAPSHOT,
             ROOT / "js_shim" / "boot.mjs",
             ROOT / "js_shim" / "paged_heap.mjs",
+            ROOT / "js_shim" / "wheel_files.mjs",
         ]
     )
     key = hashlib.sha256(json.dumps([steps, made_from], sort_keys=True).encode()).hexdigest()[:16]

@@ -10,6 +10,7 @@
  */
 import { loadPyodide } from "../pyodide/pyodide.mjs";
 import { readPagedHeap } from "./paged_heap.mjs";
+import { writeStoredWheel } from "./wheel_files.mjs";
 
 /**
  * Buffer messages that arrive before Python is ready to take them.
@@ -72,12 +73,21 @@ export const SNAPSHOT_MODULES = [
 
 /**
  * Install the tidesync wheel into a booted Pyodide: it is a pure-Python `py3-none-any`
- * archive, so unpacking it into site-packages is the whole install.
+ * archive, so unpacking it into site-packages is the whole install. The site's wheel is
+ * stored uncompressed (build/precompile.py) and its files are copied in from JavaScript
+ * (wheel_files.mjs, checked entry by entry); any other wheel goes through Pyodide's
+ * `unpackArchive`.
  * @param {any} pyodide @param {ArrayBuffer|Uint8Array} wheelBytes
  */
 export function installWheel(pyodide, wheelBytes) {
   const sitePackages = pyodide.runPython("import sysconfig; sysconfig.get_path('purelib')");
-  pyodide.unpackArchive(wheelBytes, "wheel", { extractDir: sitePackages });
+  const bytes = wheelBytes instanceof Uint8Array ? wheelBytes : new Uint8Array(wheelBytes);
+  if (writeStoredWheel(pyodide.FS, bytes, sitePackages)) {
+    // Directories listed before (in the heap a snapshot restored) are read again.
+    pyodide.runPython("import importlib; importlib.invalidate_caches()");
+  } else {
+    pyodide.unpackArchive(bytes, "wheel", { extractDir: sitePackages });
+  }
 }
 
 /**
