@@ -7,15 +7,10 @@ every damaged input refused (a heap that is not whole would boot a broken Python
 
 from __future__ import annotations
 
-import json
-import shutil
-import subprocess
-from pathlib import Path
-
 import pytest
+from tests.helpers.node_script import run_node_script, shim_module_url
 
-ROOT = Path(__file__).resolve().parents[2]
-MODULE = (ROOT / "js_shim" / "paged_heap.mjs").as_uri()
+MODULE = shim_module_url("paged_heap.mjs")
 
 SCRIPT = """
 import { pageHeap, readPagedHeap } from "%s";
@@ -71,12 +66,7 @@ console.log(JSON.stringify(result));
 
 @pytest.fixture(scope="module")
 def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    node = shutil.which("node")
-    assert node, "node is required (make site runs the build's Node scripts)"
-    script = tmp_path_factory.mktemp("paged") / "check.mjs"
-    script.write_text(SCRIPT % MODULE)
-    done = subprocess.run([node, str(script)], capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    return run_node_script(tmp_path_factory.mktemp("paged"), SCRIPT % MODULE)  # type: ignore[no-any-return]
 
 
 def test_only_pages_that_hold_something_are_stored(result: dict[str, object]) -> None:

@@ -11,15 +11,12 @@ from __future__ import annotations
 import base64
 import io
 import json
-import shutil
-import subprocess
 import zipfile
-from pathlib import Path
 
 import pytest
+from tests.helpers.node_script import run_node_script, shim_module_url
 
-ROOT = Path(__file__).resolve().parents[2]
-MODULE = (ROOT / "js_shim" / "wheel_files.mjs").as_uri()
+MODULE = shim_module_url("wheel_files.mjs")
 
 SCRIPT = """
 import { crc32, storedZipFiles } from "%s";
@@ -83,15 +80,9 @@ def _cases() -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    node = shutil.which("node")
-    assert node, "node is required (make site runs the build's Node scripts)"
-    script = tmp_path_factory.mktemp("wheel") / "check.mjs"
-    script.write_text(SCRIPT % MODULE)
     cases = {k: base64.b64encode(v).decode() for k, v in _cases().items()}
-    done = subprocess.run(
-        [node, str(script), json.dumps(cases)], capture_output=True, text=True, check=True
-    )
-    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    folder = tmp_path_factory.mktemp("wheel")
+    return run_node_script(folder, SCRIPT % MODULE, json.dumps(cases))  # type: ignore[no-any-return]
 
 
 def _decoded(entries: object) -> dict[str, bytes]:
