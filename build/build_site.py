@@ -12,8 +12,10 @@ Layout produced::
                               (the package's, compiled to bytecode)
       wheels/tidesync-*.whl   the pure-Python wheel built from this repository (plus bytecode)
       js/                     js_shim/ (worker bootstraps, OPFS file system, page API)
-      snapshot/<key>.pages.gz the workers' Pyodide memory snapshot for a first
-                              visit, taken under Node by build/make_snapshot.mjs (gzipped)
+      snapshot/<key>.pages.bin.gz
+                              the workers' Pyodide memory snapshot for a first visit,
+                              taken under Node by build/make_snapshot.mjs (a gzipped
+                              paged heap: js_shim/paged_heap.mjs)
 
 Pyodide comes from the npm package ``pyodide`` pinned in build/package.json and
 build/package-lock.json; ``npm ci --prefix build`` runs only when the installed
@@ -246,7 +248,7 @@ def build_wheel(pkg_dir: Path, inputs_hash: str) -> Path:
 
 
 def build_snapshot(wheel: Path, made_from: dict[str, str]) -> dict[str, object] | None:
-    """The site's memory snapshot (``snapshot/<key>.pages.gz``) and its manifest entry.
+    """The site's memory snapshot (``snapshot/<key>.pages.bin.gz``) and its manifest entry.
 
     Redone when anything the heap holds changes: Pyodide (the lock), the stdlib zip, the
     wheel (``made_from``: the manifest's version and hashes of them), or the boot steps and
@@ -267,7 +269,7 @@ def build_snapshot(wheel: Path, made_from: dict[str, str]) -> dict[str, object] 
     )
     key = hashlib.sha256(json.dumps([steps, made_from], sort_keys=True).encode()).hexdigest()[:16]
     out_dir = SITE / "snapshot"
-    dst = out_dir / f"{key}.pages.gz"
+    dst = out_dir / f"{key}.pages.bin.gz"
     meta = out_dir / f"{key}.json"
     if not (dst.exists() and meta.exists()):
         log("taking the Pyodide memory snapshot")

@@ -1,5 +1,5 @@
 // Take the site's Pyodide memory snapshot under Node (build/build_site.py calls this).
-//   node make_snapshot.mjs <site dir> <wheel> <out.pages.gz>
+//   node make_snapshot.mjs <site dir> <wheel> <out.pages.bin.gz>
 // Boots the site's own Pyodide (<site>/pyodide/, the stdlib zip served there), installs the
 // site's wheel and imports what a snapshot must hold with the site's js/boot.mjs
 // (`installWheel`, `takeSnapshot`: the steps a browser worker runs before it takes one), so
@@ -17,7 +17,7 @@ import { pathToFileURL } from "node:url";
 import { gzipSync } from "node:zlib";
 
 const [siteDir, wheel, out] = process.argv.slice(2);
-if (!out) throw new Error("usage: make_snapshot.mjs <site dir> <wheel> <out.pages.gz>");
+if (!out) throw new Error("usage: make_snapshot.mjs <site dir> <wheel> <out.pages.bin.gz>");
 process.env.TZ = "UTC";
 const boot = await import(pathToFileURL(join(siteDir, "js", "boot.mjs")).href);
 const { pageHeap } = await import(pathToFileURL(join(siteDir, "js", "paged_heap.mjs")).href);
