@@ -430,23 +430,32 @@ WAIT_LIVE = (
 STARTUP_IDLE_S = 5.0
 
 
+def _live_page(br: Browser, url: str) -> Any:
+    """A new page of ``url`` in ``br``, once its database is live."""
+    page = br.page(url)
+    page.wait_for_function(WAIT_LIVE, timeout=120_000)
+    return page
+
+
+def _close_page(page: Any) -> None:
+    page.evaluate("db.close()")
+    page.close()
+
+
 def _warm_after_use(pw: Any, tmp: Path, url: str, rep: int) -> dict[str, Any]:
     """A second load in a profile whose first visit stayed open ``STARTUP_IDLE_S`` after
     live. Why: V8 writes its code cache of the tiered-up wasm only once tiering has been
-    quiet for a while (2 s), so a reload at live measures a cache written before the
-    first visit's code was optimised (with the site's snapshot a first visit reaches live
-    sooner, and its at-once reload is ~0.15 s slower than after a few seconds of use)."""
+    quiet for a while (2 s), so a reload at live may find a cache written before the first
+    visit's code was optimised (with the site's snapshot a first visit reaches live sooner;
+    measured in docs/performance.md, "What was tuned")."""
     br = Browser(pw, tmp, f"startup-used{rep}")
     try:
-        page = br.page(url)
-        page.wait_for_function(WAIT_LIVE, timeout=120_000)
+        first = _live_page(br, url)
         time.sleep(STARTUP_IDLE_S)
-        page.evaluate("db.close()")
-        page.close()
-        page = br.page(url)
-        page.wait_for_function(WAIT_LIVE, timeout=120_000)
+        _close_page(first)
+        page = _live_page(br, url)
         w = page.evaluate("bench")
-        page.evaluate("db.close()")
+        _close_page(page)
         return w  # type: ignore[no-any-return]
     finally:
         br.close()
@@ -462,16 +471,13 @@ def bench_startup(
     for rep in range(cfg["reps"]):
         br = Browser(pw, tmp, f"startup{rep}")
         try:
-            page = br.page(url)
-            page.wait_for_function(WAIT_LIVE, timeout=120_000)
+            page = _live_page(br, url)
             b = page.evaluate("bench")
             cold_ready.append(b["tReady"])
             cold_live.append(b["tLive"])
             mem_cold.append(br.memory()["largest"])
-            page.evaluate("db.close()")
-            page.close()
-            page = br.page(url)
-            page.wait_for_function(WAIT_LIVE, timeout=120_000)
+            _close_page(page)
+            page = _live_page(br, url)
             w = page.evaluate("bench")
             timings = page.evaluate("db.status.timings")
             warm_ready.append(w["tReady"])

@@ -37,8 +37,8 @@ site's own Pyodide, stdlib, wheel and js/boot.mjs) and the manifest names it wit
 was made from; js_shim/boot.mjs restores it when it matches and stores it for the next
 start. Measured (docs/performance.md): a first visit is readable ~0.5 s sooner and a
 100k-row first visit (the server's image) live ~0.5 s sooner; a reload at the very moment
-the first visit went live is ~0.1 s slower (V8 had not yet cached its optimised code),
-after a few seconds of use it is not.
+the first visit went live can be up to ~0.1 s slower (V8 had not yet cached its optimised
+code; later runs put it at less, see docs/performance.md).
 
 Idempotent: running it twice with nothing changed copies nothing and runs neither
 npm nor pip.
