@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,27 @@ async def test_insert_records_the_whole_row_once(worker: ChangesWorker) -> None:
     assert change["state"] == "pending" and change["from_server"] == 0
     assert change["data"] == {"id": "p1", "name": "P", "updated_at": change["updated_at"]}
     assert change["pk"] == '["p1"]'
-    assert len(change["id"]) == 36 and change["id"][14] == "4"
+    assert uuid.UUID(change["id"]).version == 7
+
+
+async def test_change_ids_are_uuid7_of_the_change_time_and_sort_in_write_order(
+    worker: ChangesWorker,
+) -> None:
+    # Time first: the UNIQUE index on local_changes.id grows at its right edge (one page of it
+    # per checkpoint, not one per commit); the random tail keeps ids from clients apart.
+    for i in range(50):
+        await worker.insert("projects", {"id": f"p{i}", "name": "P"})
+    await worker.update("projects", {"id": "p0", "name": "Q"})
+    await worker.delete("projects", {"id": "p1"})
+    rows = await changes(worker)
+    ids = [row["id"] for row in rows]
+    assert len(set(ids)) == len(ids) == 52
+    for row in rows:
+        parsed = uuid.UUID(row["id"])
+        assert (parsed.version, parsed.variant) == (7, uuid.RFC_4122)
+        assert str(parsed) == row["id"]  # canonical: lower case, hyphens where they belong
+        assert parsed.int >> 80 == parse_timestamp(row["updated_at"])  # ms of the change time
+    assert ids == sorted(ids)  # the HLC moves forward, so the time fields do too
 
 
 async def test_update_records_only_changed_columns_including_null(worker: ChangesWorker) -> None:

@@ -91,13 +91,19 @@ CREATE TABLE IF NOT EXISTS _ts_ctx (
 INSERT OR IGNORE INTO _ts_ctx (id, applying, now) VALUES (1, 0, NULL);
 """
 
-# A uuid4 made in SQL, so triggers can give every change its id.
+# A change's id: a UUIDv7 made in SQL from ``t`` (the change's time, ``_TIME_SQL``) and
+# random bits, so triggers can give every change its id.  Time first, so ids made one after
+# another sort together: the UNIQUE index on ``local_changes.id`` grows at its right edge
+# instead of at a random page per commit, and a checkpoint writes a few of its pages back to
+# the database file instead of one per commit (docs/performance.md, "What was tuned").
 _UUID_SQL = (
-    "lower(hex(randomblob(4))) || '-' || lower(hex(randomblob(2))) || '-4' || "
+    "substr(ms, 1, 8) || '-' || substr(ms, 9, 4) || '-7' || "
     "substr(lower(hex(randomblob(2))), 2) || '-' || "
     "substr('89ab', 1 + (abs(random()) % 4), 1) || substr(lower(hex(randomblob(2))), 2) || "
     "'-' || lower(hex(randomblob(6)))"
 )
+# ``t`` as 12 hex digits of milliseconds since the epoch (the UUIDv7 time field).
+_MS_HEX_SQL = "printf('%012x', CAST(round((julianday(t) - 2440587.5) * 86400000.0) AS INTEGER))"
 _TIME_SQL = f"COALESCE((SELECT now FROM _ts_ctx WHERE id = 1), {NOW_SQL})"
 _ACTIVE_SQL = "COALESCE((SELECT applying FROM _ts_ctx WHERE id = 1), 0) = 0"
 
@@ -138,7 +144,8 @@ def _record_sql(table: TableInfo, operation: str, row: str, data_sql: str, where
         "INSERT INTO local_changes (id, table_name, operation, pk, data, updated_at, "
         "from_server, processed_local, state) "
         f"SELECT {_UUID_SQL}, {sql_literal(table.name)}, '{operation}', {pk_sql(table, row)}, "
-        f"{data_sql}, {_TIME_SQL}, 0, 1, '{PENDING}' WHERE {where};"
+        f"{data_sql}, t, 0, 1, '{PENDING}' "
+        f"FROM (SELECT t, {_MS_HEX_SQL} AS ms FROM (SELECT {_TIME_SQL} AS t)) WHERE {where};"
     )
 
 
