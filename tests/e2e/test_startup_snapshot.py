@@ -222,10 +222,7 @@ def test_without_the_snapshot_both_workers_boot_normally_and_share_the_compiled_
     page.wait_for_function(LIVE, timeout=TIMEOUT_MS)
     assert _boot(page) == {"changes": "none", "sync": "none", "syncWasm": "shared"}
     page.evaluate("db.insert('tasks', {id: 'nosnap-1', title: 'synced without a snapshot'})")
-    page.wait_for_function(LIVE, timeout=TIMEOUT_MS)
-    with contextlib.closing(sqlite3.connect(server.db_path)) as conn:
-        found = conn.execute("SELECT title FROM tasks WHERE id = 'nosnap-1'").fetchall()
-    assert found == [("synced without a snapshot",)]
+    assert _server_titles(server, "nosnap-1") == [("synced without a snapshot",)]
     assert page.evaluate(SNAPSHOT_KEYS) == []
     _close(page)
 

@@ -373,6 +373,33 @@ def test_a_local_write_reports_its_tables_before_it_resolves_in_every_tab(
         context.close()
 
 
+PENDING_AFTER_EACH_WRITE = """async (count) => {
+  const idle = () => new Promise((resolve) => {
+    const check = () => (db.status.pending === 0 ? resolve() : setTimeout(check, 2));
+    check();
+  });
+  const seen = [];
+  for (let i = 0; i < count; i++) {
+    await idle();
+    await db.insert('projects', {id: `pn-${i}`, name: 'pending at once'});
+    seen.push(db.status.pending);
+  }
+  return seen;
+}"""
+
+
+def test_a_resolved_write_shows_as_pending_until_the_server_has_it(
+    open_client: Callable[..., Any], site_server: Any
+) -> None:
+    """Right after ``await db.insert(...)`` the status already counts the write, before the
+    Sync Worker has heard of it (browser_entry.PageStatus): "live, nothing pending" means
+    the server has every write, without polling the server."""
+    page = open_client("pending-now")
+    assert all(n >= 1 for n in page.evaluate(PENDING_AFTER_EACH_WRITE, 20))
+    page.wait_for_function(LIVE_AND_IDLE)
+    assert server_rows(site_server, "SELECT count(*) FROM projects WHERE id LIKE 'pn-%'") == [(20,)]
+
+
 SPY_CHANNEL = """(name) => {
   window.spied = [];
   window.spy = new BroadcastChannel(`tidesync:${name}`);

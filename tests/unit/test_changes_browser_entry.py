@@ -12,6 +12,7 @@ import pytest
 
 from tidesync.changes.browser_entry import (
     PageEvents,
+    PageStatus,
     RequestRunner,
     _describe,
     conflicts_in,
@@ -333,3 +334,40 @@ def test_held_events_go_out_first_and_in_order_when_something_else_is_posted() -
     events.drain(sent.append)
     assert [m["n"] for m in sent] == [1, 2]
     assert events.deferred == []
+
+
+def _sync(pending: int, local_seq: int) -> dict[str, Any]:
+    return {"phase": "live", "pending": pending, "localSeq": local_seq}
+
+
+def test_no_status_is_shown_for_a_commit_before_the_sync_worker_sent_one() -> None:
+    status = PageStatus()
+    assert status.local_committed() is None
+    assert status.local_seq == 1
+
+
+def test_a_commit_the_sync_worker_has_not_counted_shows_as_pending_at_once() -> None:
+    """``await db.insert(...)`` then ``db.status.pending`` is not 0 (the write's reply
+    carries the status), though the Sync Worker has not heard of the commit yet."""
+    status = PageStatus()
+    shown = status.from_sync(_sync(0, 0), "client-1")
+    assert shown == {"phase": "live", "pending": 0, "clientId": "client-1"}
+    assert status.local_committed() == {"phase": "live", "pending": 1, "clientId": "client-1"}
+    # Already pending: no status per commit; the Sync Worker's next one has the count.
+    assert status.local_committed() is None
+    assert status.local_seq == 2
+    # A status it sent before it heard of either commit still shows both pending.
+    assert status.from_sync(_sync(0, 0), "client-1")["pending"] == 2
+    # One counted (and in flight), one not yet heard of.
+    assert status.from_sync(_sync(1, 1), "client-1")["pending"] == 2
+    # Both counted and acknowledged: nothing pending.
+    assert status.from_sync(_sync(0, 2), "client-1")["pending"] == 0
+    assert status.local_committed() is not None  # 0 again: the next commit shows
+
+
+def test_a_sync_status_without_a_commit_number_is_shown_as_it_came() -> None:
+    status = PageStatus()
+    status.local_committed()
+    shown = status.from_sync({"phase": "connecting", "pending": 4}, None)
+    assert shown == {"phase": "connecting", "pending": 4, "clientId": None}
+    assert status.sync == {"phase": "connecting", "pending": 4, "clientId": None}

@@ -235,6 +235,22 @@ async def test_change_committed_while_live_is_sent_after_notify() -> None:
     await w.stop()
 
 
+async def test_the_status_says_up_to_which_numbered_local_commit_pending_counts() -> None:
+    """``local_seq``: the Changes side shows later commits as pending itself (PageStatus)."""
+    port, _net, w, sock = await live_worker()
+    assert w.status.local_seq == 0
+    port.add_local("new")
+    w.notify_local_change(seq=3)
+    await sock.expect(CltSendChanges)
+    status = await until(w, lambda s: s.local_seq == 3)
+    assert status.pending == 1
+    w.notify_local_change(seq=2)  # an older number never moves it back
+    w.notify_local_change()  # nor does a notify without one
+    await until(w, lambda s: port.called("mark_sent"))
+    assert w.status.local_seq == 3
+    await w.stop()
+
+
 async def test_local_change_goes_out_before_its_attempt_is_counted() -> None:
     """Nothing in flight: the batch is sent at once; ``mark_sent`` (a write) comes after."""
     port, _net, w, sock = await live_worker()

@@ -220,7 +220,7 @@ async def start(bridge: Any) -> None:
     sync_port = bridge.syncPort
     proxies = ProxyGroup()
     tasks: set[asyncio.Future[Any]] = set()
-    sync_status: dict[str, Any] = {}
+    page_status = PageStatus()
     storage = bridge.storage
 
     # Bound once: every JsProxy attribute lookup makes a new proxy, and these run per request.
@@ -242,20 +242,26 @@ async def start(bridge: Any) -> None:
     if config.get("sync") is not False:
         # A page without sync has no Sync Worker: its end of the channel is never started,
         # so a post per commit would only pile up there.
-        plain_local_change = {"event": "local_change"}
-        local_change_text = text_or_js(plain_local_change, channel_text(plain_local_change))
 
         def local_change(carried: list[TableChange] | None) -> None:
             """Tell the Sync Worker; with the changes when it armed us (``arm_local_changes``).
 
             Carried changes leave this worker, so they are flushed to OPFS first, as
-            ``serve_sync_request`` does for the changes it reads (see there).
+            ``serve_sync_request`` does for the changes it reads (see there).  The
+            commit is numbered (``PageStatus``); the page hears it is pending with the
+            write's reply when nothing was.
             """
+            shown = page_status.local_committed()
+            seq = page_status.local_seq
             if carried:
                 storage.flushAll()
-                to_sync({"event": "local_change", "changes": changes_to_wire(carried)})
+                to_sync({"event": "local_change", "seq": seq, "changes": changes_to_wire(carried)})
             else:
-                post_sync(local_change_text)
+                post_sync(f'{{"event":"local_change","seq":{seq}}}')
+            if shown is not None:
+                message = {"event": "status", "status": shown}
+                if not page_events.defer(message, "local"):
+                    to_page(message)
 
         worker.on_local_change(local_change)
 
@@ -283,7 +289,9 @@ async def start(bridge: Any) -> None:
             return
         if cmd == "status":
             local = await worker.status()
-            to_page({"id": ident, "ok": True, "result": {**sync_status, **_page_status(local)}})
+            result = {**page_status.sync, **_page_status(local)}
+            result.pop("localSeq", None)
+            to_page({"id": ident, "ok": True, "result": result})
             return
         if cmd == "close":
             to_sync({"event": "close"})
@@ -350,10 +358,11 @@ async def start(bridge: Any) -> None:
         elif "cmd" in data:
             sync_run.run(sync_request(data))
         elif data.get("event") == "status":
-            sync_status.clear()
-            sync_status.update(data.get("status") or {})
-            sync_status["clientId"] = worker.client_id
-            to_page({"event": "status", "status": dict(sync_status)})
+            status = data.get("status")
+            shown = page_status.from_sync(
+                status if isinstance(status, dict) else {}, worker.client_id
+            )
+            to_page({"event": "status", "status": shown})
 
     sync_port.onmessage = proxies.proxy(on_sync_message)
     bridge.take(proxies.proxy(on_page_message))
@@ -455,6 +464,52 @@ async def serve_sync_request(
     if cmd == "port.record_results" and reply.get("ok"):
         for lost in conflicts_in(data.get("args") or {}):
             to_page({"event": "conflict", "change": await _describe(worker, lost)})
+
+
+class PageStatus:
+    """The sync status the page sees: the Sync Worker's, and this worker's own commits.
+
+    Why: the page's write resolves when this worker has committed it; the Sync Worker
+    hears of the commit a message later and its status, which says the change is
+    pending, comes later still.  Shown as it came, ``pending`` would read 0 right
+    after ``await db.insert(...)`` and a page waiting for "live, nothing pending"
+    would think the write had reached the server.  So every local commit is
+    numbered (the ``seq`` of its ``local_change`` event to the Sync Worker), the
+    Sync Worker's status says up to which commit its ``pending`` counts
+    (``localSeq``), and commits it has not counted yet are added here, each one at
+    least one change.  A status is shown only once the Sync Worker has sent one.
+    """
+
+    def __init__(self) -> None:
+        self.local_seq = 0  # local commits told to the Sync Worker
+        self._sync: dict[str, Any] = {}
+        self._shown_pending = 0
+
+    def local_committed(self) -> dict[str, Any] | None:
+        """Number a local commit; the status to show now, when ``pending`` was 0."""
+        self.local_seq += 1
+        if not self._sync or self._shown_pending:
+            return None  # nothing shown yet, or already pending: the next status counts it
+        return self.shown()
+
+    def from_sync(self, status: Mapping[str, Any], client_id: str | None) -> dict[str, Any]:
+        """The Sync Worker's new status: remember it; the status to show."""
+        self._sync = {**status, "clientId": client_id}
+        return self.shown()
+
+    @property
+    def sync(self) -> dict[str, Any]:
+        """The Sync Worker's last status, as it came (the ``status`` request adds to it)."""
+        return self._sync
+
+    def shown(self) -> dict[str, Any]:
+        status = dict(self._sync)
+        counted = status.pop("localSeq", None)
+        pending = status.get("pending")
+        if type(counted) is int and type(pending) is int and counted < self.local_seq:
+            status["pending"] = pending + self.local_seq - counted
+        self._shown_pending = status.get("pending") or 0
+        return status
 
 
 class PageEvents:

@@ -147,6 +147,7 @@ def status_to_dict(status: SyncStatus) -> dict[str, Any]:
         "syncPhase": status.phase.value,
         "lsn": status.lsn_text,
         "pending": status.pending,
+        "localSeq": status.local_seq,
         "repairs": status.repairs,
         "tableRepairs": status.table_repairs,
         "fullResyncs": status.full_resyncs,
@@ -196,7 +197,11 @@ async def start(bridge: Any) -> None:
         kind = data.get("event")
         worker = holder.get("worker")
         if kind == "local_change" and worker is not None:
-            worker.notify_local_change(carried_changes(data.get("changes")))
+            seq = data.get("seq")
+            worker.notify_local_change(
+                carried_changes(data.get("changes")),
+                seq if type(seq) is int and seq > 0 else None,
+            )
         elif kind == "set_online":
             offline["user"] = not bool(data.get("online", True))
             apply_online()

@@ -54,6 +54,10 @@ class SyncStatus:
     last_repair: tuple[str, ...] = ()  # the tables of the latest repair
     last_repair_mode: str | None = None  # "tables" | "full"
     repairing: tuple[str, ...] = ()  # tables being repaired right now
+    # The Changes Worker numbers its local commits (the ``seq`` of its ``local_change``
+    # events): ``pending`` counts every commit up to this one.  The Changes Worker
+    # reads it to show a commit as pending before this worker has heard of it.
+    local_seq: int = 0
 
     @property
     def lsn_text(self) -> str:

@@ -227,6 +227,7 @@ class SyncWorker:
         self._pending_dirty = True
         self._local_unseen = False  # a local commit not yet looked at by the loop
         self._local_heard = 0  # local_change events heard (``notify_local_change``)
+        self._local_seq = 0  # the Changes side's number of the last commit heard of
         # ``arm_local_changes`` was posted and the Changes side has not used it up yet
         # (a read, a carried event or a disarm since).
         self._armed = False
@@ -274,13 +275,19 @@ class SyncWorker:
         self._events.put_nowait(_Command("stop"))
         await self._run_task
 
-    def notify_local_change(self, changes: Sequence[TableChange] | None = None) -> None:
+    def notify_local_change(
+        self, changes: Sequence[TableChange] | None = None, seq: int | None = None
+    ) -> None:
         """A local commit happened: update ``pending`` and, when live, send it.
 
         ``changes``: what the Changes side read for us right after the commit, when
         it was armed (``ChangesPort.arm_local_changes``); sent as they are when
         nothing happened meanwhile that they may not cover (``_send_carried``).
+        ``seq``: the Changes side's number for the commit, echoed in the status
+        (``SyncStatus.local_seq``) once ``pending`` counts it.
         """
+        if seq is not None and seq > self._local_seq:
+            self._local_seq = seq
         self._local_unseen = True
         self._pending_dirty = True
         self._changes.local_commit()
@@ -735,6 +742,7 @@ class SyncWorker:
         return self._processor
 
     async def _publish(self) -> None:
+        local_seq = self._local_seq  # before the recount: it counts at least these
         if self._pending_dirty:
             self._pending_dirty = False
             known = self._changes.pending()  # without a round trip when nothing is unread
@@ -757,6 +765,7 @@ class SyncWorker:
             last_repair=self._repair.last_repaired,
             last_repair_mode=self._repair.last_mode,
             repairing=self._repair.tables if self._repair.active else (),
+            local_seq=local_seq,
         )
         # Waiters re-check after every step (``_local_unseen`` may have flipped even
         # when the status itself did not change); callbacks hear only real changes.
