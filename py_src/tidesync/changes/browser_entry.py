@@ -290,7 +290,6 @@ async def start(bridge: Any) -> None:
         if cmd == "status":
             local = await worker.status()
             result = {**page_status.sync, **_page_status(local)}
-            result.pop("localSeq", None)
             to_page({"id": ident, "ok": True, "result": result})
             return
         if cmd == "close":
@@ -482,19 +481,22 @@ class PageStatus:
 
     def __init__(self) -> None:
         self.local_seq = 0  # local commits told to the Sync Worker
-        self._sync: dict[str, Any] = {}
-        self._shown_pending = 0
+        self._sync: dict[str, Any] = {}  # its last status, without ``localSeq``
+        self._counted: int | None = None  # its ``localSeq``: commits its pending counts
 
     def local_committed(self) -> dict[str, Any] | None:
         """Number a local commit; the status to show now, when ``pending`` was 0."""
+        was_pending = self._pending()
         self.local_seq += 1
-        if not self._sync or self._shown_pending:
+        if not self._sync or was_pending:
             return None  # nothing shown yet, or already pending: the next status counts it
         return self.shown()
 
     def from_sync(self, status: Mapping[str, Any], client_id: str | None) -> dict[str, Any]:
         """The Sync Worker's new status: remember it; the status to show."""
         self._sync = {**status, "clientId": client_id}
+        counted = self._sync.pop("localSeq", None)
+        self._counted = counted if type(counted) is int else None
         return self.shown()
 
     @property
@@ -504,12 +506,16 @@ class PageStatus:
 
     def shown(self) -> dict[str, Any]:
         status = dict(self._sync)
-        counted = status.pop("localSeq", None)
-        pending = status.get("pending")
-        if type(counted) is int and type(pending) is int and counted < self.local_seq:
-            status["pending"] = pending + self.local_seq - counted
-        self._shown_pending = status.get("pending") or 0
+        if "pending" in status:
+            status["pending"] = self._pending()
         return status
+
+    def _pending(self) -> Any:
+        """The Sync Worker's ``pending`` with the commits it has not counted added."""
+        pending = self._sync.get("pending")
+        if self._counted is not None and type(pending) is int and self._counted < self.local_seq:
+            return pending + self.local_seq - self._counted
+        return pending
 
 
 class PageEvents:
